@@ -1,1 +1,11 @@
+//! glad-edge: GLAD (ECCV 2024) diffusion-based anomaly detection on ONNX Runtime.
+//!
+//! The data has one way through: `imaging` turns files or frames into tensors, `engine`
+//! runs the GLAD core (`glad`: schedule, reconstruction with ADP/SAFF, anomaly maps) on the
+//! models of a `bundle` through `runtime` (the only module that knows ONNX Runtime), and the
+//! CLI writes JSON lines and heatmaps.
 
+pub mod runtime;
+pub mod glad;
+pub mod bundle;
+pub mod engine;

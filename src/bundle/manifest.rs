@@ -1,0 +1,155 @@
+//! The `bundle.yaml` manifest (format documented in onnx/README.md).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::glad::features::Layout;
+use crate::glad::schedule::SchedulerConfig;
+use crate::glad::ParamOverrides;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Space {
+    Latent,
+    Pixel,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatentSpec {
+    pub channels: usize,
+    pub factor: usize,
+    pub scaling_factor: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderOutput {
+    /// Two outputs: mean and log-variance (std = exp(0.5 logvar)).
+    MeanLogvar,
+    /// Two outputs: mean and standard deviation.
+    MeanStd,
+    /// One output `[B, 2C, h, w]`: mean then log-variance, as diffusers' `moments`.
+    Moments,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSpec {
+    pub file: PathBuf,
+    pub input: String,
+    pub output: EncoderOutput,
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestepType {
+    Int64,
+    Float32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnetSpec {
+    pub file: PathBuf,
+    pub sample: String,
+    pub timestep: String,
+    pub timestep_type: TimestepType,
+    #[serde(default)]
+    pub context: Option<String>,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderSpec {
+    pub file: PathBuf,
+    pub input: String,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneSpec {
+    pub file: PathBuf,
+    pub input: String,
+    pub layout: Layout,
+    pub outputs: Vec<String>,
+    /// Grid stride (ViT patch size); for a CNN, the stride of the first output.
+    pub patch: usize,
+    /// Input resolution of the model.
+    pub resolution: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSpec {
+    #[serde(default)]
+    pub vae_encoder: Option<EncoderSpec>,
+    pub unet: UnetSpec,
+    #[serde(default)]
+    pub vae_decoder: Option<DecoderSpec>,
+    pub backbone: BackboneSpec,
+    #[serde(default)]
+    pub adp_backbone: Option<BackboneSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    pub cond: PathBuf,
+    pub uncond: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub resolution: usize,
+    pub space: Space,
+    #[serde(default)]
+    pub latent: Option<LatentSpec>,
+    pub models: ModelsSpec,
+    #[serde(default)]
+    pub prompt: Option<PromptSpec>,
+    pub scheduler: SchedulerConfig,
+    #[serde(default)]
+    pub defaults: ParamOverrides,
+    /// Free-form provenance (how the weights were made); shown by `glad info`.
+    #[serde(default)]
+    pub provenance: Option<serde_yaml::Value>,
+}
+
+/// Parses YAML into `T`, naming the file and the offending key on error.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        if key == "." || key.is_empty() {
+            anyhow::anyhow!("{}: {inner}", path.display())
+        } else {
+            anyhow::anyhow!("{}: key `{key}`: {inner}", path.display())
+        }
+    })
+}
+
+impl Manifest {
+    pub const FILE: &'static str = "bundle.yaml";
+
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(Self::FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the bundle manifest", path.display()))?;
+        let m: Manifest = parse_yaml(&path, &text)?;
+        if m.format != 1 {
+            anyhow::bail!("{}: key `format`: unsupported bundle format {}, expected 1", path.display(), m.format);
+        }
+        Ok(m)
+    }
+}

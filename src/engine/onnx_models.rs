@@ -1,0 +1,168 @@
+//! GLAD's [`Models`] on a loaded [`Bundle`]: tensor names, conventions and batching of each
+//! role, with the wall time spent inside ONNX Runtime per stage.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use ndarray::{concatenate, s, Array1, Array3, Array4, ArrayView4, Axis, Ix4};
+
+use crate::bundle::{BackboneSpec, Bundle, EncoderOutput, TimestepType};
+use crate::glad::features::tokens_per_image;
+use crate::glad::{Models, Tokens};
+use crate::runtime::{Input, Model};
+
+/// Time spent in each model role (ONNX Runtime calls only).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ModelTimes {
+    pub encode: Duration,
+    pub unet: Duration,
+    pub decode: Duration,
+    pub adp_backbone: Duration,
+    pub backbone: Duration,
+}
+
+impl ModelTimes {
+    pub fn total(&self) -> Duration {
+        self.encode + self.unet + self.decode + self.adp_backbone + self.backbone
+    }
+}
+
+pub struct OnnxModels<'b> {
+    pub bundle: &'b mut Bundle,
+    pub times: ModelTimes,
+    /// `[uncond; cond]` context rows, cached per batch size.
+    context: Option<(usize, Array3<f32>)>,
+}
+
+fn to4(a: ndarray::ArrayD<f32>, what: &str) -> Result<Array4<f32>> {
+    let shape = a.shape().to_vec();
+    a.into_dimensionality::<Ix4>().with_context(|| format!("{what}: expected a 4-D output, got {shape:?}"))
+}
+
+fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t0 = Instant::now();
+    let r = f();
+    *slot += t0.elapsed();
+    r
+}
+
+fn run_backbone(model: &mut Model, spec: &BackboneSpec, images: ArrayView4<'_, f32>, last_only: bool) -> Result<Vec<Vec<Tokens>>> {
+    let names: Vec<&str> = if last_only {
+        vec![spec.outputs.last().expect("validated: at least one output").as_str()]
+    } else {
+        spec.outputs.iter().map(String::as_str).collect()
+    };
+    let outs = model.run(&[(spec.input.as_str(), Input::F32(images.into_dyn()))], &names)?;
+    let b = images.shape()[0];
+    let mut per_image: Vec<Vec<Tokens>> = (0..b).map(|_| Vec::with_capacity(names.len())).collect();
+    for (out, name) in outs.iter().zip(&names) {
+        for (i, t) in tokens_per_image(out.view(), spec.layout, name)?.into_iter().enumerate() {
+            per_image[i].push(t);
+        }
+    }
+    Ok(per_image)
+}
+
+impl<'b> OnnxModels<'b> {
+    pub fn new(bundle: &'b mut Bundle) -> Self {
+        OnnxModels { bundle, times: ModelTimes::default(), context: None }
+    }
+
+    fn context(&mut self, b: usize) -> Option<Array3<f32>> {
+        let (uncond, cond) = self.bundle.prompt.as_ref()?;
+        if self.context.as_ref().map(|c| c.0) != Some(b) {
+            let rows: Vec<_> = std::iter::repeat_n(uncond.view(), b).chain(std::iter::repeat_n(cond.view(), b)).collect();
+            self.context = Some((b, concatenate(Axis(0), &rows).expect("same shapes")));
+        }
+        self.context.as_ref().map(|c| c.1.clone())
+    }
+}
+
+impl Models for OnnxModels<'_> {
+    fn encode(&mut self, x: ArrayView4<'_, f32>) -> Result<(Array4<f32>, Array4<f32>)> {
+        let (Some(enc), Some(spec)) = (self.bundle.vae_encoder.as_mut(), self.bundle.manifest.models.vae_encoder.as_ref()) else {
+            return Ok((x.to_owned(), Array4::zeros(x.raw_dim())));
+        };
+        let names: Vec<&str> = spec.outputs.iter().map(String::as_str).collect();
+        let outs = timed(&mut self.times.encode, || enc.run(&[(spec.input.as_str(), Input::F32(x.into_dyn()))], &names))?;
+        let mut outs = outs.into_iter().map(|a| to4(a, "vae_encoder"));
+        match spec.output {
+            EncoderOutput::MeanLogvar => {
+                let (mean, logvar) = (outs.next().expect("2 outputs")?, outs.next().expect("2 outputs")?);
+                Ok((mean, logvar.mapv(|l| (0.5 * l).exp())))
+            }
+            EncoderOutput::MeanStd => Ok((outs.next().expect("2 outputs")?, outs.next().expect("2 outputs")?)),
+            EncoderOutput::Moments => {
+                // diffusers' DiagonalGaussianDistribution: mean, logvar = chunk(2); logvar clamped to [-30, 20].
+                let m = outs.next().expect("1 output")?;
+                let c = m.shape()[1] / 2;
+                let mean = m.slice(s![.., ..c, .., ..]).to_owned();
+                let std = m.slice(s![.., c.., .., ..]).mapv(|l| (0.5 * l.clamp(-30.0, 20.0)).exp());
+                Ok((mean, std))
+            }
+        }
+    }
+
+    fn scaling_factor(&self) -> f32 {
+        self.bundle.manifest.latent.as_ref().map_or(1.0, |l| l.scaling_factor)
+    }
+
+    fn eps_pair(&mut self, z: ArrayView4<'_, f32>, t: i64) -> Result<(Array4<f32>, Array4<f32>)> {
+        let b = z.shape()[0];
+        let ctx = self.context(b);
+        let spec = &self.bundle.manifest.models.unet;
+        let ts_spec = self.bundle.unet.input(&spec.timestep).expect("validated").clone();
+        // With a prompt, one call on [z, z] with [uncond, cond]; without, one call on z.
+        let n = if ctx.is_some() { 2 * b } else { b };
+        let sample = if ctx.is_some() { concatenate(Axis(0), &[z, z])? } else { z.to_owned() };
+        let ts_len = match ts_spec.shape.as_slice() {
+            [] => None,
+            [d] if *d == 1 => Some(1),
+            _ => Some(n),
+        };
+        let ts_i64 = ts_len.map_or_else(|| Array1::from_elem(1, t).into_dyn().into_shape_with_order(vec![]).unwrap(), |k| Array1::from_elem(k, t).into_dyn());
+        let ts_f32 = ts_i64.mapv(|v| v as f32);
+        let mut inputs = vec![(spec.sample.as_str(), Input::F32(sample.view().into_dyn()))];
+        inputs.push((
+            spec.timestep.as_str(),
+            match spec.timestep_type {
+                TimestepType::Int64 => Input::I64(ts_i64.view()),
+                TimestepType::Float32 => Input::F32(ts_f32.view()),
+            },
+        ));
+        if let (Some(name), Some(c)) = (spec.context.as_deref(), ctx.as_ref()) {
+            inputs.push((name, Input::F32(c.view().into_dyn())));
+        }
+        let out = timed(&mut self.times.unet, || self.bundle.unet.run(&inputs, &[spec.output.as_str()]))?;
+        let e = to4(out.into_iter().next().expect("1 output"), "unet")?;
+        ensure!(e.shape()[0] == n, "unet returned batch {} for {n}", e.shape()[0]);
+        if ctx.is_some() {
+            Ok((e.slice(s![..b, .., .., ..]).to_owned(), e.slice(s![b.., .., .., ..]).to_owned()))
+        } else {
+            Ok((e.clone(), e))
+        }
+    }
+
+    fn decode(&mut self, z: ArrayView4<'_, f32>) -> Result<Array4<f32>> {
+        let (Some(dec), Some(spec)) = (self.bundle.vae_decoder.as_mut(), self.bundle.manifest.models.vae_decoder.as_ref()) else {
+            return Ok(z.to_owned());
+        };
+        let out = timed(&mut self.times.decode, || dec.run(&[(spec.input.as_str(), Input::F32(z.into_dyn()))], &[spec.output.as_str()]))?;
+        to4(out.into_iter().next().expect("1 output"), "vae_decoder")
+    }
+
+    fn adp_tokens(&mut self, images: ArrayView4<'_, f32>) -> Result<Vec<Tokens>> {
+        let spec = self.bundle.adp_backbone_spec().clone();
+        let model = match self.bundle.adp_backbone.as_mut() {
+            Some(m) => m,
+            None => &mut self.bundle.backbone,
+        };
+        let per_image = timed(&mut self.times.adp_backbone, || run_backbone(model, &spec, images, true))?;
+        Ok(per_image.into_iter().map(|mut v| v.pop().expect("one layer")).collect())
+    }
+
+    fn map_tokens(&mut self, images: ArrayView4<'_, f32>) -> Result<Vec<Vec<Tokens>>> {
+        let spec = self.bundle.manifest.models.backbone.clone();
+        timed(&mut self.times.backbone, || run_backbone(&mut self.bundle.backbone, &spec, images, false))
+    }
+}

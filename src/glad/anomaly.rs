@@ -1,0 +1,77 @@
+//! The final anomaly map and image score (GLAD.md, "Final anomaly map and score").
+
+use anyhow::{ensure, Result};
+use ndarray::{Array2, Array3, Array4, ArrayView4, Axis};
+
+use super::features::{min_cosine_distance, top_k_mean};
+use super::maps::{gaussian_blur, imagenet_normalise, object_mask, resize_align_corners, resize_image_align_corners};
+use super::{Models, Params};
+
+#[derive(Debug, Clone)]
+pub struct AnomalyMap {
+    /// `[S, S]`, after blur and object mask.
+    pub map: Array2<f32>,
+    /// Mean of the `top_k` largest values of `map`.
+    pub score: f32,
+}
+
+/// Anomaly maps of the inputs `x` against their reconstructions `rec` (both `[B,3,R,R]`).
+pub fn anomaly_maps<M: Models>(models: &mut M, p: &Params, x: ArrayView4<'_, f32>, rec: ArrayView4<'_, f32>) -> Result<Vec<AnomalyMap>> {
+    let b = x.shape()[0];
+    ensure!(rec.shape()[0] == b, "reconstruction batch {} differs from the input batch {b}", rec.shape()[0]);
+    let s = p.backbone_resolution;
+    // 1. Resize to S (bilinear, align_corners), (v+1)/2, ImageNet-normalise.
+    let prep = |img: ndarray::ArrayView3<'_, f32>| {
+        let mut r = resize_image_align_corners(img, s);
+        imagenet_normalise(&mut r);
+        r
+    };
+    let xs: Vec<Array3<f32>> = x.axis_iter(Axis(0)).map(prep).collect();
+    let rs: Vec<Array3<f32>> = rec.axis_iter(Axis(0)).map(prep).collect();
+    let mut both = Array4::<f32>::zeros((2 * b, 3, s, s));
+    for (i, img) in xs.iter().chain(rs.iter()).enumerate() {
+        both.index_axis_mut(Axis(0), i).assign(img);
+    }
+    // 2. Backbone on inputs and reconstructions in one call.
+    let tokens = models.map_tokens(both.view())?;
+    ensure!(tokens.len() == 2 * b, "backbone returned {} images for {}", tokens.len(), 2 * b);
+
+    let mut out = Vec::with_capacity(b);
+    for i in 0..b {
+        let (tx, tr) = (&tokens[i], &tokens[b + i]);
+        let mut map = Array2::<f32>::zeros((s, s));
+        for (px, pr) in tx.iter().zip(tr) {
+            let mut add = |values: Vec<f32>, grid: (usize, usize)| -> Result<()> {
+                let g = Array2::from_shape_vec(grid, values)?;
+                map += &resize_align_corners(g.view(), s, s);
+                Ok(())
+            };
+            // m1[i] = min_j (1 - <Px_i, Prec_j>)
+            add(min_cosine_distance(px, pr), px.grid)?;
+            // 3. symmetric term m2[j] = min_i (1 - <Px_i, Prec_j>)
+            if p.symmetric {
+                add(min_cosine_distance(pr, px), pr.grid)?;
+            }
+        }
+        // 4. pixel term, with per-image maxima (the reference takes them over the test batch).
+        if p.v > 0.0 {
+            let d = (&xs[i] - &rs[i]).mapv(f32::abs).mean_axis(Axis(0)).expect("3 channels");
+            let max_map = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max_d = d.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if max_d > 0.0 {
+                let k = p.v * max_map / max_d;
+                map.zip_mut_with(&d, |m, &d| *m += k * d);
+            }
+        }
+        // 5. Gaussian blur; 6. object mask.
+        let mut map = gaussian_blur(&map, p.blur_sigma);
+        let x_s = resize_image_align_corners(x.index_axis(Axis(0), i), s);
+        if let Some(mask) = object_mask(x_s.view(), p.object_mask, p.blur_sigma) {
+            map *= &mask;
+        }
+        // 7. image score = mean of the top-K values.
+        let score = top_k_mean(map.as_slice().expect("standard layout"), p.top_k);
+        out.push(AnomalyMap { map, score });
+    }
+    Ok(out)
+}

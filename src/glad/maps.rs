@@ -1,0 +1,226 @@
+//! Pixel-grid operations of GLAD's final anomaly map (GLAD.md, "Final anomaly map and score"):
+//! bilinear resizing with align_corners=True, ImageNet normalisation, the Gaussian blur and
+//! the reference's Otsu object mask.
+
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
+use serde::{Deserialize, Serialize};
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Source coordinate weights for one axis of an align_corners=True bilinear resize.
+fn axis_weights(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    (0..n_out)
+        .map(|o| {
+            let pos = if n_out > 1 { o as f64 * (n_in - 1) as f64 / (n_out - 1) as f64 } else { 0.0 };
+            let i0 = (pos.floor() as usize).min(n_in - 1);
+            let i1 = (i0 + 1).min(n_in - 1);
+            (i0, i1, (pos - i0 as f64) as f32)
+        })
+        .collect()
+}
+
+/// Bilinear resize with align_corners=True (torch's `F.interpolate(..., align_corners=True)`).
+pub fn resize_align_corners(src: ArrayView2<'_, f32>, out_h: usize, out_w: usize) -> Array2<f32> {
+    let (h, w) = src.dim();
+    if (h, w) == (out_h, out_w) {
+        return src.to_owned();
+    }
+    let wy = axis_weights(h, out_h);
+    let wx = axis_weights(w, out_w);
+    // rows first: [h, out_w], then columns.
+    let mut tmp = Array2::<f32>::zeros((h, out_w));
+    for y in 0..h {
+        for (ox, &(x0, x1, f)) in wx.iter().enumerate() {
+            tmp[[y, ox]] = src[[y, x0]] * (1.0 - f) + src[[y, x1]] * f;
+        }
+    }
+    let mut out = Array2::<f32>::zeros((out_h, out_w));
+    for (oy, &(y0, y1, f)) in wy.iter().enumerate() {
+        for ox in 0..out_w {
+            out[[oy, ox]] = tmp[[y0, ox]] * (1.0 - f) + tmp[[y1, ox]] * f;
+        }
+    }
+    out
+}
+
+/// `resize_align_corners` on every channel of a `[C, H, W]` image.
+pub fn resize_image_align_corners(src: ArrayView3<'_, f32>, out: usize) -> Array3<f32> {
+    let (c, h, w) = src.dim();
+    if (h, w) == (out, out) {
+        return src.to_owned();
+    }
+    let mut dst = Array3::<f32>::zeros((c, out, out));
+    for ch in 0..c {
+        dst.index_axis_mut(Axis(0), ch).assign(&resize_align_corners(src.index_axis(Axis(0), ch), out, out));
+    }
+    dst
+}
+
+/// `[-1,1]` image → `(v+1)/2` → ImageNet-normalised, in place.
+pub fn imagenet_normalise(img: &mut Array3<f32>) {
+    for (ch, mut plane) in img.axis_iter_mut(Axis(0)).enumerate() {
+        let (m, s) = (IMAGENET_MEAN[ch % 3], IMAGENET_STD[ch % 3]);
+        plane.mapv_inplace(|v| ((v + 1.0) / 2.0 - m) / s);
+    }
+}
+
+/// Normalised 1-D Gaussian kernel of radius `int(4*sigma + 0.5)` (scipy's `truncate=4`).
+pub fn gaussian_kernel(sigma: f32) -> Vec<f32> {
+    let radius = (4.0 * sigma as f64 + 0.5) as i64;
+    let k: Vec<f64> = (-radius..=radius).map(|x| (-0.5 * (x as f64 / sigma as f64).powi(2)).exp()).collect();
+    let sum: f64 = k.iter().sum();
+    k.iter().map(|v| (v / sum) as f32).collect()
+}
+
+/// Index into `[0, n)` with the "reflect" border (d c b a | a b c d | d c b a), as scipy's
+/// `gaussian_filter` default; it repeats for kernels wider than the image.
+fn reflect(i: i64, n: i64) -> usize {
+    let period = 2 * n;
+    let mut r = i.rem_euclid(period);
+    if r >= n {
+        r = period - 1 - r;
+    }
+    r as usize
+}
+
+/// Separable Gaussian blur with the reflect border; `sigma <= 0` leaves the map unchanged.
+pub fn gaussian_blur(map: &Array2<f32>, sigma: f32) -> Array2<f32> {
+    if sigma <= 0.0 {
+        return map.clone();
+    }
+    let k = gaussian_kernel(sigma);
+    let r = (k.len() / 2) as i64;
+    let (h, w) = map.dim();
+    let mut tmp = Array2::<f32>::zeros((h, w));
+    for y in 0..h {
+        let row = map.row(y);
+        for x in 0..w {
+            let mut acc = 0.0f32;
+            for (j, kv) in k.iter().enumerate() {
+                acc += kv * row[reflect(x as i64 + j as i64 - r, w as i64)];
+            }
+            tmp[[y, x]] = acc;
+        }
+    }
+    let mut out = Array2::<f32>::zeros((h, w));
+    for x in 0..w {
+        let col = tmp.column(x);
+        for y in 0..h {
+            let mut acc = 0.0f32;
+            for (j, kv) in k.iter().enumerate() {
+                acc += kv * col[reflect(y as i64 + j as i64 - r, h as i64)];
+            }
+            out[[y, x]] = acc;
+        }
+    }
+    out
+}
+
+/// The reference's object (foreground) mask modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectMask {
+    /// All ones (texture classes).
+    #[default]
+    None,
+    /// Mode 1 (screw, capsule, MPDD brackets black/brown): keep the dark side of Otsu.
+    Dark,
+    /// Mode 2 (bracket_white): keep the bright side.
+    Bright,
+    /// Mode 3: everything (Otsu, then the blurs, on an all-ones mask).
+    All,
+}
+
+/// Otsu's threshold on an 8-bit histogram: the level maximising the between-class variance
+/// (pixels `<= level` are the dark class), as OpenCV's THRESH_OTSU.
+pub fn otsu_level(gray: &[u8]) -> u8 {
+    let mut hist = [0u64; 256];
+    for &g in gray {
+        hist[g as usize] += 1;
+    }
+    let total = gray.len() as f64;
+    let sum_all: f64 = hist.iter().enumerate().map(|(i, &c)| i as f64 * c as f64).sum();
+    let (mut w0, mut sum0, mut best, mut best_var) = (0.0f64, 0.0f64, 0u8, -1.0f64);
+    for (t, &c) in hist.iter().enumerate() {
+        w0 += c as f64;
+        sum0 += t as f64 * c as f64;
+        let w1 = total - w0;
+        if w0 == 0.0 || w1 == 0.0 {
+            continue;
+        }
+        let (m0, m1) = (sum0 / w0, (sum_all - sum0) / w1);
+        let var = w0 * w1 * (m0 - m1) * (m0 - m1);
+        if var > best_var {
+            best_var = var;
+            best = t as u8;
+        }
+    }
+    best
+}
+
+/// The object mask of a `[3, S, S]` image in `[-1, 1]`: grayscale (BT.601 weights), Otsu,
+/// keep one side, blur sigma, `> 0` → 1, blur sigma again. `None` gives `None` (all ones).
+pub fn object_mask(img: ArrayView3<'_, f32>, mode: ObjectMask, sigma: f32) -> Option<Array2<f32>> {
+    if mode == ObjectMask::None {
+        return None;
+    }
+    let (_, h, w) = img.dim();
+    let to8 = |v: f32| (((v + 1.0) / 2.0) * 255.0).round().clamp(0.0, 255.0);
+    let gray: Vec<u8> = (0..h * w)
+        .map(|i| {
+            let (y, x) = (i / w, i % w);
+            (0.299 * to8(img[[0, y, x]]) + 0.587 * to8(img[[1, y, x]]) + 0.114 * to8(img[[2, y, x]])).round() as u8
+        })
+        .collect();
+    let level = otsu_level(&gray);
+    let keep = |g: u8| match mode {
+        ObjectMask::Dark => g <= level,
+        ObjectMask::Bright => g > level,
+        ObjectMask::All | ObjectMask::None => true,
+    };
+    let mask = Array2::from_shape_fn((h, w), |(y, x)| if keep(gray[y * w + x]) { 1.0 } else { 0.0 });
+    let grown = gaussian_blur(&mask, sigma).mapv(|v| if v > 0.0 { 1.0 } else { 0.0 });
+    Some(gaussian_blur(&grown, sigma))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_has_scipy_radius_and_unit_sum() {
+        let k = gaussian_kernel(6.0);
+        assert_eq!(k.len(), 49);
+        assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn reflect_border_repeats_edge() {
+        assert_eq!(reflect(-1, 4), 0);
+        assert_eq!(reflect(-2, 4), 1);
+        assert_eq!(reflect(4, 4), 3);
+        assert_eq!(reflect(5, 4), 2);
+        assert_eq!(reflect(-5, 4), 3);
+    }
+
+    #[test]
+    fn blur_keeps_constants_and_align_corners_keeps_corners() {
+        let m = Array2::from_elem((10, 7), 2.5f32);
+        let b = gaussian_blur(&m, 6.0);
+        assert!(b.iter().all(|v| (v - 2.5).abs() < 1e-5));
+        let src = ndarray::array![[0.0f32, 1.0], [2.0, 3.0]];
+        let r = resize_align_corners(src.view(), 3, 5);
+        assert_eq!(r[[0, 0]], 0.0);
+        assert_eq!(r[[2, 4]], 3.0);
+        assert!((r[[1, 2]] - 1.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn otsu_splits_two_levels() {
+        let mut g = vec![20u8; 50];
+        g.extend(vec![200u8; 50]);
+        let t = otsu_level(&g);
+        assert!((20..200).contains(&t));
+    }
+}

@@ -1,0 +1,38 @@
+//! The GLAD algorithm, written to read like GLAD.md: the scheduler, reconstruction with
+//! adaptive denoising (ADP) and spatially adaptive fusion (SAFF), and the anomaly map.
+//! It sees the models only through the [`Models`] trait, so it runs on ONNX sessions in
+//! production and on closed-form fakes in tests.
+
+pub mod anomaly;
+pub mod features;
+pub mod maps;
+pub mod params;
+pub mod reconstruct;
+pub mod schedule;
+
+use anyhow::Result;
+use ndarray::{Array4, ArrayView4};
+
+pub use anomaly::{anomaly_maps, AnomalyMap};
+pub use features::Tokens;
+pub use params::{LatentMode, ParamOverrides, Params};
+pub use reconstruct::{reconstruct, Reconstruction};
+
+/// The networks GLAD calls. Batch in, batch out; every method sees `[B, ...]` arrays.
+pub trait Models {
+    /// VAE encoder: the latent distribution `(mean, std)` of each image, before scaling.
+    /// A pixel-space bundle returns `(x, 0)`.
+    fn encode(&mut self, x: ArrayView4<'_, f32>) -> Result<(Array4<f32>, Array4<f32>)>;
+    /// The VAE scaling factor (1 for pixel space).
+    fn scaling_factor(&self) -> f32;
+    /// Noise predictions `(e_uncond, e_cond)` at timestep `t`, from one UNet call on the
+    /// batch `[z, z]` with `[uncond, cond]` embeddings (uncond first). An unconditional
+    /// UNet returns the same prediction twice.
+    fn eps_pair(&mut self, z: ArrayView4<'_, f32>, t: i64) -> Result<(Array4<f32>, Array4<f32>)>;
+    /// VAE decoder on latents already divided by the scaling factor (identity for pixel space).
+    fn decode(&mut self, z: ArrayView4<'_, f32>) -> Result<Array4<f32>>;
+    /// The ADP backbone's last layer, per image, normalised tokens.
+    fn adp_tokens(&mut self, images: ArrayView4<'_, f32>) -> Result<Vec<Tokens>>;
+    /// Every layer of the final-map backbone, per image (outer) and layer (inner).
+    fn map_tokens(&mut self, images: ArrayView4<'_, f32>) -> Result<Vec<Vec<Tokens>>>;
+}

@@ -1,0 +1,114 @@
+//! Locating and loading the ONNX Runtime shared library (ort's `load-dynamic`).
+//!
+//! The path comes from, in order: the config (`runtime.library`), the `ORT_DYLIB_PATH`
+//! environment variable, and the project default baked in at compile time from
+//! `.cargo/config.toml` (`.ort/libonnxruntime.so.1.31.1`, filled by `scripts/fetch-ort.sh`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{bail, Result};
+
+/// Oldest ONNX Runtime this build works with (ort's `api-31`).
+pub const MIN_VERSION: &str = "1.31";
+
+/// Where the library path came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibrarySource {
+    Config,
+    Environment,
+    BuildDefault,
+}
+
+impl std::fmt::Display for LibrarySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LibrarySource::Config => "runtime.library in the config",
+            LibrarySource::Environment => "ORT_DYLIB_PATH",
+            LibrarySource::BuildDefault => "the build default (run scripts/fetch-ort.sh)",
+        })
+    }
+}
+
+/// Resolves which library file to load.
+pub fn resolve_library(configured: Option<&Path>) -> Result<(PathBuf, LibrarySource)> {
+    if let Some(p) = configured {
+        return Ok((p.to_path_buf(), LibrarySource::Config));
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return Ok((PathBuf::from(p), LibrarySource::Environment));
+    }
+    match option_env!("ORT_DYLIB_PATH") {
+        Some(p) => Ok((PathBuf::from(p), LibrarySource::BuildDefault)),
+        None => bail!(
+            "no ONNX Runtime library configured: set runtime.library in the config or ORT_DYLIB_PATH \
+             (ONNX Runtime >= {MIN_VERSION} needed; scripts/fetch-ort.sh downloads one)"
+        ),
+    }
+}
+
+struct Loaded {
+    env: ort::environment::Environment,
+    path: PathBuf,
+}
+
+static ENV: OnceLock<Loaded> = OnceLock::new();
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The process-wide ONNX Runtime environment, created on first use.
+///
+/// ONNX Runtime allows one environment per process, so later calls return the first one
+/// whatever they ask for; `intra_threads` sizes the thread pool shared by every session
+/// (spinning off: a station shares its cores with camera capture and I/O).
+pub fn environment(configured: Option<&Path>, intra_threads: usize) -> Result<&'static ort::environment::Environment> {
+    if let Some(l) = ENV.get() {
+        return Ok(&l.env);
+    }
+    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(l) = ENV.get() {
+        return Ok(&l.env);
+    }
+    let (path, source) = resolve_library(configured)?;
+    if !path.exists() {
+        bail!(
+            "ONNX Runtime library {} (from {source}) does not exist; glad needs ONNX Runtime >= {MIN_VERSION}",
+            path.display()
+        );
+    }
+    let builder = ort::init_from(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot load ONNX Runtime library {} (from {source}): {e}; glad needs ONNX Runtime >= {MIN_VERSION}",
+            path.display()
+        )
+    })?;
+    let pool = ort::environment::GlobalThreadPoolOptions::default()
+        .with_intra_threads(intra_threads.max(1))
+        .and_then(|p| p.with_inter_threads(1))
+        .and_then(|p| p.with_spin_control(false))
+        .map_err(super::ort_err)?;
+    let env = builder
+        .with_name("glad-edge")
+        .with_global_thread_pool(pool)
+        .build()
+        .map_err(super::ort_err)?;
+    tracing::info!(library = %path.display(), version = library_version(), "ONNX Runtime loaded");
+    let _ = ENV.set(Loaded { env, path });
+    Ok(&ENV.get().expect("just set").env)
+}
+
+/// The loaded library's path, once `environment` has succeeded.
+pub fn library_path() -> Option<&'static Path> {
+    ENV.get().map(|l| l.path.as_path())
+}
+
+/// ONNX Runtime's version as the library reports it (`1.31.1`), from its build-info string.
+pub fn library_version() -> String {
+    if ENV.get().is_none() {
+        return "not loaded".into();
+    }
+    let info = ort::info();
+    info.split(|c: char| c == ',' || c.is_whitespace())
+        .find_map(|part| part.strip_prefix("git-branch=rel-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| info.to_string())
+}

@@ -1,0 +1,51 @@
+//! Everything about ONNX Runtime lives here: loading the shared library, the one environment
+//! of the process, execution-provider policy, sessions and tensor conversion. Nothing outside
+//! this module imports `ort`, so the GLAD code above it reads like GLAD.md.
+
+mod library;
+mod model;
+mod providers;
+
+pub use library::{environment, library_path, library_version, resolve_library, LibrarySource, MIN_VERSION};
+pub use model::{Input, Model, TensorSpec};
+pub use providers::{engine_cache_dir, Policy, ProviderKind, ProvidersConfig, TensorRtConfig};
+
+use anyhow::anyhow;
+
+/// ort errors carry a generic "recover" payload (e.g. the session builder) that is neither
+/// `Send` nor `Sync`; keep only the message so they travel through `anyhow`.
+pub(crate) fn ort_err<R>(e: ort::Error<R>) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+/// The `runtime:` section of a config.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH and the build default.
+    pub library: Option<std::path::PathBuf>,
+    /// Intra-op threads of the one thread pool all sessions share (0 = all cores).
+    pub threads: usize,
+    /// Execution provider and its fallback policy.
+    pub execution: ProvidersConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { library: None, threads: 0, execution: ProvidersConfig::default() }
+    }
+}
+
+impl RuntimeConfig {
+    pub fn threads(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.threads
+        }
+    }
+
+    pub fn load_model(&self, role: &str, path: &std::path::Path) -> anyhow::Result<Model> {
+        Model::load(role, path, &self.execution, self.library.as_deref(), self.threads())
+    }
+}
