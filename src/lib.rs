@@ -9,3 +9,7 @@ pub mod runtime;
 pub mod glad;
 pub mod bundle;
 pub mod engine;
+pub mod imaging;
+pub mod config;
+pub mod pipeline;
+pub mod cli;

@@ -1,1 +1,42 @@
-fn main(){}
+//! `glad`: the glad-edge runtime.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use glad_edge::cli::{self, inspect::InspectArgs, CommonArgs, ParamArgs, Settings};
+
+/// GLAD diffusion-based anomaly detection on ONNX Runtime.
+#[derive(Parser)]
+#[command(name = "glad", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a bundle's models, tensors, execution providers and parameter defaults.
+    Info {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Inspect images: one JSON line per image on stdout, heatmap PNGs in --out.
+    Inspect(Box<InspectArgs>),
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,glad_edge=info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let result = match Cli::parse().command {
+        Command::Info { common } => Settings::new(&common, ParamArgs::default()).and_then(|s| cli::info::run(&s)).map(|_| true),
+        Command::Inspect(args) => cli::inspect::run(*args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
