@@ -10,19 +10,13 @@ use crate::bundle::parse_yaml;
 use crate::glad::ParamOverrides;
 use crate::runtime::RuntimeConfig;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NoiseConfig {
     /// Seed of the ChaCha8 generator (see `engine::NoiseSource`).
     pub seed: u64,
     /// Folder with `vae_noise.npy` and `eps.npy`; replaces the generator.
     pub dir: Option<PathBuf>,
-}
-
-impl Default for NoiseConfig {
-    fn default() -> Self {
-        NoiseConfig { seed: 0, dir: None }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,11 +5,11 @@
 //! models of a `bundle` through `runtime` (the only module that knows ONNX Runtime), and the
 //! CLI writes JSON lines and heatmaps.
 
-pub mod runtime;
-pub mod glad;
 pub mod bundle;
-pub mod engine;
-pub mod imaging;
-pub mod config;
-pub mod pipeline;
 pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod glad;
+pub mod imaging;
+pub mod pipeline;
+pub mod runtime;

@@ -72,7 +72,7 @@ fn load(index: usize, path: PathBuf, r: usize) -> Loaded {
 fn run_batch(engine: &mut Engine, noise: &NoiseSource, batch: Vec<Loaded>, mut emit: impl FnMut(Inspected)) {
     let (ok, failed): (Vec<Loaded>, Vec<Loaded>) = batch.into_iter().partition(|l| l.decoded.is_ok());
     for l in failed {
-        emit(Inspected { index: l.index, path: l.path, image: None, result: Err(l.decoded.err().expect("failed")) });
+        emit(Inspected { index: l.index, path: l.path, image: None, result: Err(l.decoded.expect_err("partitioned on is_ok")) });
     }
     if ok.is_empty() {
         return;
@@ -97,7 +97,12 @@ fn run_batch(engine: &mut Engine, noise: &NoiseSource, batch: Vec<Loaded>, mut e
             let msg = format!("{e:#}");
             for l in ok {
                 let img = l.decoded.expect("ok").0;
-                emit(Inspected { index: l.index, path: l.path, image: Some(img), result: Err(anyhow::anyhow!("inspection failed: {msg}")) });
+                emit(Inspected {
+                    index: l.index,
+                    path: l.path,
+                    image: Some(img),
+                    result: Err(anyhow::anyhow!("inspection failed: {msg}")),
+                });
             }
         }
     }

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use ndarray::Array3;
 
 pub use manifest::{
-    parse_yaml, BackboneSpec, DecoderSpec, EncoderOutput, EncoderSpec, LatentSpec, Manifest, ModelsSpec, PromptSpec, Space,
-    TimestepType, UnetSpec,
+    parse_yaml, BackboneSpec, DecoderSpec, EncoderOutput, EncoderSpec, LatentSpec, Manifest, ModelsSpec, PromptSpec, Space, TimestepType,
+    UnetSpec,
 };
 
 use crate::runtime::{Model, RuntimeConfig};
@@ -32,11 +32,10 @@ pub struct Bundle {
 }
 
 fn read_embedding(path: &Path) -> Result<Array3<f32>> {
-    let a: ndarray::ArrayD<f32> = ndarray_npy::read_npy(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read a float32 .npy prompt embedding: {e}", path.display()))?;
+    let a: ndarray::ArrayD<f32> =
+        ndarray_npy::read_npy(path).map_err(|e| anyhow::anyhow!("{}: cannot read a float32 .npy prompt embedding: {e}", path.display()))?;
     let shape = a.shape().to_vec();
-    a.into_dimensionality()
-        .map_err(|_| anyhow::anyhow!("{}: prompt embedding has shape {shape:?}, expected [1,L,D]", path.display()))
+    a.into_dimensionality().map_err(|_| anyhow::anyhow!("{}: prompt embedding has shape {shape:?}, expected [1,L,D]", path.display()))
 }
 
 impl Bundle {
@@ -48,7 +47,10 @@ impl Bundle {
         match m.space {
             Space::Latent => {
                 if m.latent.is_none() || m.models.vae_encoder.is_none() || m.models.vae_decoder.is_none() {
-                    bail!("{}: key `space`: a latent bundle needs `latent`, `models.vae_encoder` and `models.vae_decoder`", mpath.display());
+                    bail!(
+                        "{}: key `space`: a latent bundle needs `latent`, `models.vae_encoder` and `models.vae_decoder`",
+                        mpath.display()
+                    );
                 }
             }
             Space::Pixel => {
@@ -58,7 +60,10 @@ impl Bundle {
             }
         }
         if m.models.unet.context.is_some() != m.prompt.is_some() {
-            bail!("{}: key `prompt`: a UNet with a `context` input needs `prompt` (cond, uncond), one without must not have it", mpath.display());
+            bail!(
+                "{}: key `prompt`: a UNet with a `context` input needs `prompt` (cond, uncond), one without must not have it",
+                mpath.display()
+            );
         }
         let load = |role: &str, file: &Path| -> Result<Model> { rt.load_model(role, &dir.join(file)) };
         let vae_encoder = m.models.vae_encoder.as_ref().map(|s| load("vae_encoder", &s.file)).transpose()?;

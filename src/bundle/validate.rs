@@ -99,7 +99,12 @@ pub(super) fn check(b: &Bundle) -> Result<()> {
         TimestepType::Float32 => "float32",
     };
     if ts.dtype != ts_type {
-        bail!("{}: input `{}` has element type {}, but the manifest's timestep_type is {ts_type}", b.unet.path().display(), u.timestep, ts.dtype);
+        bail!(
+            "{}: input `{}` has element type {}, but the manifest's timestep_type is {ts_type}",
+            b.unet.path().display(),
+            u.timestep,
+            ts.dtype
+        );
     }
     if ts.shape.len() > 1 {
         bail!("{}: input `{}` has shape {}, expected a scalar or [B]", b.unet.path().display(), u.timestep, fmt_shape(&ts.shape));

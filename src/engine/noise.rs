@@ -18,11 +18,16 @@ use crate::glad::reconstruct::Noise;
 pub enum NoiseSource {
     Seeded(u64),
     /// `vae_noise.npy` and `eps.npy`, `[N,C,h,w]` (image k of a run uses row k) or `[C,h,w]`.
-    Files { vae: Array4<f32>, eps: Array4<f32>, dir: PathBuf },
+    Files {
+        vae: Box<Array4<f32>>,
+        eps: Box<Array4<f32>>,
+        dir: PathBuf,
+    },
 }
 
 fn read4(path: &Path) -> Result<Array4<f32>> {
-    let a: ArrayD<f32> = ndarray_npy::read_npy(path).map_err(|e| anyhow::anyhow!("{}: cannot read float32 .npy noise: {e}", path.display()))?;
+    let a: ArrayD<f32> =
+        ndarray_npy::read_npy(path).map_err(|e| anyhow::anyhow!("{}: cannot read float32 .npy noise: {e}", path.display()))?;
     let shape = a.shape().to_vec();
     match shape.len() {
         3 => Ok(a.insert_axis(Axis(0)).into_dimensionality::<Ix4>()?),
@@ -33,7 +38,11 @@ fn read4(path: &Path) -> Result<Array4<f32>> {
 
 impl NoiseSource {
     pub fn from_dir(dir: &Path) -> Result<NoiseSource> {
-        Ok(NoiseSource::Files { vae: read4(&dir.join("vae_noise.npy"))?, eps: read4(&dir.join("eps.npy"))?, dir: dir.to_path_buf() })
+        Ok(NoiseSource::Files {
+            vae: Box::new(read4(&dir.join("vae_noise.npy"))?),
+            eps: Box::new(read4(&dir.join("eps.npy"))?),
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Noise for the images with run indices `indices`, latents `[C, side, side]`.

@@ -120,7 +120,10 @@ impl Models for OnnxModels<'_> {
             [d] if *d == 1 => Some(1),
             _ => Some(n),
         };
-        let ts_i64 = ts_len.map_or_else(|| Array1::from_elem(1, t).into_dyn().into_shape_with_order(vec![]).unwrap(), |k| Array1::from_elem(k, t).into_dyn());
+        let ts_i64 = ts_len.map_or_else(
+            || Array1::from_elem(1, t).into_dyn().into_shape_with_order(vec![]).unwrap(),
+            |k| Array1::from_elem(k, t).into_dyn(),
+        );
         let ts_f32 = ts_i64.mapv(|v| v as f32);
         let mut inputs = vec![(spec.sample.as_str(), Input::F32(sample.view().into_dyn()))];
         inputs.push((

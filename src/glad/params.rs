@@ -75,7 +75,22 @@ impl ParamOverrides {
         macro_rules! pick {
             ($($f:ident),*) => { ParamOverrides { $($f: other.$f.or(self.$f)),* } };
         }
-        pick!(denoise_step, noise_offset, steps, guidance, tau, min_step, v, symmetric, latent, top_k, adp_top_k, blur_sigma, backbone_resolution, object_mask)
+        pick!(
+            denoise_step,
+            noise_offset,
+            steps,
+            guidance,
+            tau,
+            min_step,
+            v,
+            symmetric,
+            latent,
+            top_k,
+            adp_top_k,
+            blur_sigma,
+            backbone_resolution,
+            object_mask
+        )
     }
 
     /// Fills the gaps with the reference's MVTec defaults and checks the result.

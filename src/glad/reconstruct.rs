@@ -85,10 +85,7 @@ pub fn reconstruct<M: Models>(
             // za: the input latents re-noised to t with the same eps; xa from the guided e.
             let sel = |a: &Array4<f32>| a.select(Axis(0), &searching);
             let (z0_s, eps_s, e_s) = (sel(&z0), sel(&noise.eps), sel(&e));
-            let xa = Zip::from(&z0_s)
-                .and(&eps_s)
-                .and(&e_s)
-                .map_collect(|&z0, &eps, &e| predict_x0(step.ab, mix(step.ab, z0, eps), e));
+            let xa = Zip::from(&z0_s).and(&eps_s).and(&e_s).map_collect(|&z0, &eps, &e| predict_x0(step.ab, mix(step.ab, z0, eps), e));
             let x0_s = sel(&x0);
             // Decode [xa; x0] in one call, run the backbone on both in one call.
             let pair = concatenate(Axis(0), &[xa.view(), x0_s.view()])?.mapv(|v| v / scale);

@@ -70,10 +70,7 @@ pub fn environment(configured: Option<&Path>, intra_threads: usize) -> Result<&'
     }
     let (path, source) = resolve_library(configured)?;
     if !path.exists() {
-        bail!(
-            "ONNX Runtime library {} (from {source}) does not exist; glad needs ONNX Runtime >= {MIN_VERSION}",
-            path.display()
-        );
+        bail!("ONNX Runtime library {} (from {source}) does not exist; glad needs ONNX Runtime >= {MIN_VERSION}", path.display());
     }
     let builder = ort::init_from(&path).map_err(|e| {
         anyhow::anyhow!(
@@ -86,11 +83,7 @@ pub fn environment(configured: Option<&Path>, intra_threads: usize) -> Result<&'
         .and_then(|p| p.with_inter_threads(1))
         .and_then(|p| p.with_spin_control(false))
         .map_err(super::ort_err)?;
-    let env = builder
-        .with_name("glad-edge")
-        .with_global_thread_pool(pool)
-        .build()
-        .map_err(super::ort_err)?;
+    let env = builder.with_name("glad-edge").with_global_thread_pool(pool).build().map_err(super::ort_err)?;
     tracing::info!(library = %path.display(), version = library_version(), "ONNX Runtime loaded");
     let _ = ENV.set(Loaded { env, path });
     Ok(&ENV.get().expect("just set").env)

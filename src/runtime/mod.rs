@@ -19,7 +19,7 @@ pub(crate) fn ort_err<R>(e: ort::Error<R>) -> anyhow::Error {
 }
 
 /// The `runtime:` section of a config.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH and the build default.
@@ -28,12 +28,6 @@ pub struct RuntimeConfig {
     pub threads: usize,
     /// Execution provider and its fallback policy.
     pub execution: ProvidersConfig,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig { library: None, threads: 0, execution: ProvidersConfig::default() }
-    }
 }
 
 impl RuntimeConfig {

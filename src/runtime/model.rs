@@ -8,8 +8,8 @@ use ndarray::{ArrayD, ArrayViewD};
 use ort::session::{builder::GraphOptimizationLevel, Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef};
 
-use super::providers::{self, ProviderKind, ProvidersConfig};
 use super::ort_err;
+use super::providers::{self, ProviderKind, ProvidersConfig};
 
 /// Name, element type and shape (-1 = dynamic) of a model input or output.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,14 +62,10 @@ impl Model {
             bail!("{role}: model file {} does not exist", path.display());
         }
         let env = super::environment(library, threads)?;
-        let mut builder = Session::builder(env)
-            .map_err(ort_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(ort_err)?;
+        let mut builder =
+            Session::builder(env).map_err(ort_err)?.with_optimization_level(GraphOptimizationLevel::Level3).map_err(ort_err)?;
         let provider = providers::register(providers_cfg, &mut builder, role, path)?;
-        let session = builder
-            .commit_from_file(path)
-            .map_err(|e| anyhow!("{role}: cannot load {}: {e}", path.display()))?;
+        let session = builder.commit_from_file(path).map_err(|e| anyhow!("{role}: cannot load {}: {e}", path.display()))?;
         let spec = |o: &ort::value::Outlet| TensorSpec {
             name: o.name().to_string(),
             dtype: dtype_name(o.dtype().tensor_type()),
@@ -108,12 +104,8 @@ impl Model {
         let mut values: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
             let v: SessionInputValue<'_> = match input {
-                Input::F32(a) => {
-                    TensorRef::from_array_view(a.view()).map_err(|e| anyhow!("{}: input {name}: {e}", self.role))?.into()
-                }
-                Input::I64(a) => {
-                    TensorRef::from_array_view(a.view()).map_err(|e| anyhow!("{}: input {name}: {e}", self.role))?.into()
-                }
+                Input::F32(a) => TensorRef::from_array_view(a.view()).map_err(|e| anyhow!("{}: input {name}: {e}", self.role))?.into(),
+                Input::I64(a) => TensorRef::from_array_view(a.view()).map_err(|e| anyhow!("{}: input {name}: {e}", self.role))?.into(),
             };
             values.push(((*name).into(), v));
         }
@@ -123,9 +115,7 @@ impl Model {
             .iter()
             .map(|name| {
                 let v = out.get(*name).with_context(|| format!("{role}: model has no output `{name}`"))?;
-                let a = v
-                    .try_extract_array::<f32>()
-                    .map_err(|e| anyhow!("{role}: output {name}: {e}"))?;
+                let a = v.try_extract_array::<f32>().map_err(|e| anyhow!("{role}: output {name}: {e}"))?;
                 Ok(a.to_owned())
             })
             .collect()

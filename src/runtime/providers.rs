@@ -89,7 +89,9 @@ pub(super) fn register(
         match register_one(kind, cfg, builder, model_path) {
             Ok(()) => return Ok(kind),
             Err(reason) => match cfg.policy {
-                Policy::Require => bail!("{model_role} ({}): execution provider {kind} is required but cannot be used: {reason}", model_path.display()),
+                Policy::Require => {
+                    bail!("{model_role} ({}): execution provider {kind} is required but cannot be used: {reason}", model_path.display())
+                }
                 Policy::Prefer => {
                     tracing::warn!("{model_role}: execution provider {kind} unavailable, falling back: {reason}")
                 }
