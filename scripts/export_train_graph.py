@@ -30,10 +30,13 @@ onnx_ad.reverse(m, inputs=trainable, outputs=["loss"], layout="onnx").
 Which float initializers are weights: float32 tensors with more than one element, consumed
 only in differentiable positions (not Resize roi/scales, Clip bounds, Pad values, ...), whose
 values are not all equal (the ones/zeros scale and bias of an exported GroupNorm's
-InstanceNormalization are constants, not parameters), and, when the model has torch-style
-parameter names (`a.b.weight`), not an exporter-generated constant whose name says so
-(`val_*`, `_tensor_constant*`, `*.constant*`). `--params REGEX` replaces that rule with an
-explicit selection; `--freeze REGEX` keeps matching weights fixed (fed, but no gradient).
+InstanceNormalization are constants, not parameters), and which are not combined with the
+timestep before Sin/Cos (the sinusoidal embedding's frequency table). Names are not used: the
+torch exporter's optimiser stores Linear weights transposed and GroupNorm weights reshaped as
+generated `val_*` constants, which are weights all the same (in another layout, which AdamW,
+being elementwise, does not mind). `--params REGEX` replaces the rule with an explicit
+selection, `--constant REGEX` excludes more; `--freeze REGEX` keeps matching weights fixed
+(fed as inputs, no gradient).
 
 Needs numpy, onnx, onnxscript, onnx-ad==0.3.0, onnxruntime, pyyaml (no torch).
 """
@@ -111,8 +114,9 @@ NON_DIFF_INPUTS = {
     "ArgMin": {0},
     "BatchNormalization": {3, 4},
 }
-GENERATED_NAME = re.compile(r"^(val_\d+|_tensor_constant\d*|_val_\d+|const(ant)?_?\d*)$|(^|\.)(_?constant\w*|_tensor_constant\d*)$")
-TORCH_PARAM_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+$")
+# Ops through which "derived from the timestep" does not propagate: the sinusoidal embedding's
+# output is data for the weights that follow.
+TIMESTEP_BARRIER = {"Sin", "Cos"}
 
 
 def log(*a):
@@ -147,14 +151,32 @@ def consumers(graph):
     return uses
 
 
-def classify_initializers(model, params_regex=None):
-    """Splits the float initializers into weights (in graph order) and constants.
+def timestep_derived(graph, timestep):
+    """Values computed from the timestep input (or any non-float graph input) before Sin/Cos."""
+    init_names = {t.name for t in graph.initializer}
+    tainted = {i.name for i in graph.input if i.name not in init_names and
+               (i.name == timestep or i.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE))}
+    for node in graph.node:  # graph nodes are topologically sorted
+        if node.op_type not in TIMESTEP_BARRIER and any(x in tainted for x in node.input):
+            tainted.update(o for o in node.output if o)
+    return tainted
 
-    Returns (weights, constants) where constants maps name -> reason.
+
+def classify_initializers(model, params_regex=None, timestep=None, constant_regex=None):
+    """Splits the float initializers into weights (in initializer order) and constants.
+
+    Returns (weights, constants) where constants maps name -> reason. The exporter may have
+    folded a weight into a generated constant (`val_123` = a Linear weight transposed, a
+    GroupNorm weight reshaped to [C,1,1]): training that tensor is training the weight in
+    another layout, which AdamW (elementwise) does not mind, so names are not used.
     """
     g = model.graph
     uses = consumers(g)
-    torch_names = any(TORCH_PARAM_NAME.match(t.name) for t in g.initializer)
+    ts = timestep_derived(g, timestep)
+    node_inputs = {}
+    for node in g.node:
+        for x in node.input:
+            node_inputs.setdefault(x, []).append(node)
     weights, constants = [], {}
     for t in g.initializer:
         if t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16):
@@ -163,10 +185,13 @@ def classify_initializers(model, params_regex=None):
         if params_regex is not None:
             if re.search(params_regex, name):
                 if t.data_type != TensorProto.FLOAT:
-                    fail(f"initializer `{name}` matches --params but is not float32")
+                    raise ValueError(f"initializer `{name}` matches --params but is not float32")
                 weights.append(name)
             else:
                 constants[name] = "not matched by --params"
+            continue
+        if constant_regex is not None and re.search(constant_regex, name):
+            constants[name] = "matched by --constant"
             continue
         if t.data_type != TensorProto.FLOAT:
             constants[name] = f"element type {TensorProto.DataType.Name(t.data_type)}, not float32"
@@ -174,14 +199,15 @@ def classify_initializers(model, params_regex=None):
         numel = int(np.prod(t.dims)) if len(t.dims) else 1
         used = uses.get(name, [])
         bad = [(op, i) for op, i in used if i in NON_DIFF_INPUTS.get(op, ())]
+        with_ts = [n.op_type for n in node_inputs.get(name, []) if any(x in ts for x in n.input if x != name)]
         if not used:
             constants[name] = "unused"
         elif bad:
             constants[name] = f"used as {bad[0][0]} input {bad[0][1]} (no gradient there)"
         elif numel <= 1:
             constants[name] = "scalar"
-        elif torch_names and GENERATED_NAME.search(name):
-            constants[name] = "exporter-generated constant"
+        elif with_ts:
+            constants[name] = f"combined ({with_ts[0]}) with the timestep before Sin/Cos: sinusoidal embedding constant"
         else:
             a = numpy_helper.to_array(t)
             if np.all(a == a.flat[0]):
@@ -440,6 +466,7 @@ def main():
     ap.add_argument("--batch", type=int, action="append", required=True, help="batch size of a training graph (repeatable)")
     ap.add_argument("--freeze", help="regex (re.search) of weight names to keep fixed: fed as inputs, no gradient")
     ap.add_argument("--params", help="regex of the float initializers that are weights (default: automatic, see above)")
+    ap.add_argument("--constant", help="regex of float initializers that are constants, not weights (on top of the automatic rule)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random inputs of the checks")
     ap.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime checks")
@@ -470,7 +497,10 @@ def main():
     log(f"  {len(model.graph.node)} nodes, opset {opset.get('', opset.get('ai.onnx'))}, IR {model.ir_version}, "
         f"{len(model.graph.initializer)} initializers")
 
-    weights, constants = classify_initializers(model, args.params)
+    try:
+        weights, constants = classify_initializers(model, args.params, spec.get("timestep"), args.constant)
+    except ValueError as e:
+        fail(f"{upath}: {e}")
     if not weights:
         fail(f"{upath}: found no weight initializers (use --params REGEX)")
     frozen = [w for w in weights if args.freeze and re.search(args.freeze, w)]
@@ -499,7 +529,7 @@ def main():
     try:
         ext = onnx.ModelProto()
         ext.CopyFrom(model)
-        digest = externalize(ext, layout, os.path.join(tmpdir, WEIGHTS_FILE))
+        externalize(ext, layout, os.path.join(tmpdir, WEIGHTS_FILE))
         tmp_model = os.path.join(tmpdir, os.path.basename(upath))
         with open(tmp_model, "wb") as f:
             f.write(ext.SerializeToString())
@@ -546,7 +576,6 @@ def main():
         "format": 1,
         "unet": spec["file"],
         "weights": WEIGHTS_FILE,
-        "weights_sha256": digest,
         "dtype": "float32",
         "inputs": {
             "sample": spec["sample"],
@@ -566,6 +595,24 @@ def main():
         "frozen": [e for e in layout if e["name"] in set(frozen)],
     }
     ypath = os.path.join(tdir, TRAIN_YAML)
+    # Keep the graphs of other batch sizes from an earlier run when the weights are the same.
+    try:
+        with open(ypath) as f:
+            old = yaml.safe_load(f) or {}
+    except OSError:
+        old = {}
+    same = ([e["name"] for e in old.get("trainable", [])] == [e["name"] for e in doc["trainable"]]
+            and [e["name"] for e in old.get("frozen", [])] == [e["name"] for e in doc["frozen"]]
+            and old.get("latent") == doc["latent"])
+    for g in old.get("graphs", []):
+        if g.get("batch") in batches:
+            continue
+        if same and os.path.isfile(os.path.join(tdir, g.get("file", ""))):
+            graphs.append(g)
+            log(f"  keeping {g['file']} (batch {g['batch']}) from an earlier run")
+        else:
+            log(f"  dropping {g.get('file')} (batch {g.get('batch')}): exported for other weights; re-export it")
+    graphs.sort(key=lambda g: g["batch"])
     header = ("# ATP training graphs for this bundle's UNet (scripts/export_train_graph.py).\n"
               "# Every weight (trainable, then frozen) is a graph input, read from `weights` at `offset` (bytes),\n"
               "# `length` bytes of float32 little endian; trainable ones have a gradient output `grad`\n"

@@ -171,6 +171,7 @@ def test_classification():
     for name in ("val_2", "val_8", "val_9", "val_12", "val_3", "val_11"):
         assert name in constants, name
     assert "Resize input 2" in constants["val_12"]
+    assert "timestep" in constants["val_2"]
 
 
 def test_external_data_roundtrip(tmp_path):
