@@ -1,5 +1,6 @@
 //! The `glad` subcommands: argument parsing and wiring only.
 
+pub mod calibrate;
 pub mod info;
 pub mod inspect;
 
@@ -62,6 +63,7 @@ fn parse_latent(s: &str) -> Result<LatentMode, String> {
 }
 
 /// A config plus the command line, resolved.
+#[derive(Clone)]
 pub struct Settings {
     pub config: Config,
     pub config_path: Option<PathBuf>,

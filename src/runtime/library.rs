@@ -50,6 +50,7 @@ pub fn resolve_library(configured: Option<&Path>) -> Result<(PathBuf, LibrarySou
 struct Loaded {
     env: ort::environment::Environment,
     path: PathBuf,
+    version: String,
 }
 
 static ENV: OnceLock<Loaded> = OnceLock::new();
@@ -84,8 +85,9 @@ pub fn environment(configured: Option<&Path>, intra_threads: usize) -> Result<&'
         .and_then(|p| p.with_spin_control(false))
         .map_err(super::ort_err)?;
     let env = builder.with_name("glad-edge").with_global_thread_pool(pool).build().map_err(super::ort_err)?;
-    tracing::info!(library = %path.display(), version = library_version(), "ONNX Runtime loaded");
-    let _ = ENV.set(Loaded { env, path });
+    let version = version_of(&path).unwrap_or_else(|e| format!("unknown ({e})"));
+    tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded");
+    let _ = ENV.set(Loaded { env, path, version });
     Ok(&ENV.get().expect("just set").env)
 }
 
@@ -94,14 +96,21 @@ pub fn library_path() -> Option<&'static Path> {
     ENV.get().map(|l| l.path.as_path())
 }
 
-/// ONNX Runtime's version as the library reports it (`1.31.1`), from its build-info string.
+/// ONNX Runtime's version as the loaded library reports it (`1.31.1`).
 pub fn library_version() -> String {
-    if ENV.get().is_none() {
-        return "not loaded".into();
+    ENV.get().map_or_else(|| "not loaded".into(), |l| l.version.clone())
+}
+
+/// Asks the library itself (`OrtGetApiBase()->GetVersionString()`); ort only logs it.
+fn version_of(path: &Path) -> Result<String> {
+    // SAFETY: the library is already loaded by ort (this only bumps its reference count);
+    // OrtGetApiBase and GetVersionString have no preconditions and return static data.
+    unsafe {
+        let lib = libloading::Library::new(path)?;
+        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = lib.get(b"OrtGetApiBase")?;
+        let base = get();
+        anyhow::ensure!(!base.is_null(), "OrtGetApiBase returned null");
+        let v = ((*base).GetVersionString)();
+        Ok(std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
     }
-    let info = ort::info();
-    info.split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|part| part.strip_prefix("git-branch=rel-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| info.to_string())
 }

@@ -1,0 +1,114 @@
+//! `glad calibrate`: a verdict threshold from normal images only.
+//!
+//! Rule: `threshold = max(normal scores) * (1 + margin)` (margin 0.1 by default). A station
+//! has few normal images and no defects to balance against, so a quantile of a small sample
+//! is unstable and would flag the calibration images themselves; the maximum with a margin
+//! accepts every calibration image and leaves room for normal variation. The distribution
+//! (mean, std, quantiles) is printed so the margin can be judged.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::inspect::{collect_images, progress};
+use super::{CommonArgs, ParamArgs, Settings};
+use crate::config::Calibration;
+use crate::pipeline::{self, Inspected};
+
+#[derive(Debug, Clone, Args)]
+pub struct CalibrateArgs {
+    /// Folder (or files) of normal images from the station.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub params: ParamArgs,
+    /// Relative margin above the largest normal score.
+    #[arg(long, default_value_t = 0.1)]
+    pub margin: f32,
+    /// Station config to write: the --config file (or defaults) with `bundle` and `calibration` set.
+    #[arg(long, default_value = "station.yaml", value_name = "FILE")]
+    pub write: PathBuf,
+}
+
+fn quantile(sorted: &[f32], q: f32) -> f32 {
+    let pos = q * (sorted.len() - 1) as f32;
+    let (i, f) = (pos.floor() as usize, pos - pos.floor());
+    let j = (i + 1).min(sorted.len() - 1);
+    sorted[i] * (1.0 - f) + sorted[j] * f
+}
+
+pub fn calibration(scores: &[f32], margin: f32) -> Result<Calibration> {
+    if scores.is_empty() {
+        bail!("no normal image could be scored");
+    }
+    if margin < 0.0 {
+        bail!("--margin must be >= 0, got {margin}");
+    }
+    let n = scores.len() as f32;
+    let mean = scores.iter().sum::<f32>() / n;
+    let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / n).sqrt();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    Ok(Calibration {
+        threshold: max * (1.0 + margin),
+        rule: format!("max of {} normal scores x (1 + {margin})", scores.len()),
+        normal_count: scores.len(),
+        normal_mean: mean,
+        normal_std: std,
+        normal_max: max,
+    })
+}
+
+pub fn run(args: CalibrateArgs) -> Result<bool> {
+    let settings = Settings::new(&args.common, args.params.clone())?;
+    let files = collect_images(&args.images)?;
+    if files.is_empty() {
+        bail!("no images found in {:?}", args.images);
+    }
+    let mut engine = settings.engine()?;
+    let noise = settings.noise()?;
+    let pb = progress(files.len(), "calibrate");
+    let mut scores = Vec::new();
+    let mut failures = Vec::new();
+    pipeline::run(&mut engine, &noise, &files, settings.config.inspect.batch, true, |item: Inspected| {
+        pb.inc(1);
+        match &item.result {
+            Ok((insp, _)) if insp.score.is_finite() => scores.push(insp.score),
+            Ok((insp, _)) => failures.push(format!("{}: non-finite score {}", item.path.display(), insp.score)),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    })?;
+    pb.finish_and_clear();
+    for f in &failures {
+        eprintln!("failed: {f}");
+    }
+    let cal = calibration(&scores, args.margin)?;
+    let mut sorted = scores.clone();
+    sorted.sort_by(f32::total_cmp);
+    println!("normal images  {}", cal.normal_count);
+    println!("score mean     {:.6}  std {:.6}", cal.normal_mean, cal.normal_std);
+    println!(
+        "score min      {:.6}  p50 {:.6}  p90 {:.6}  p99 {:.6}  max {:.6}",
+        sorted[0],
+        quantile(&sorted, 0.5),
+        quantile(&sorted, 0.9),
+        quantile(&sorted, 0.99),
+        cal.normal_max
+    );
+    println!("threshold      {:.6}  ({})", cal.threshold, cal.rule);
+    let mut station = settings.config.clone();
+    station.bundle = Some(settings.bundle_dir.clone());
+    station.preset = settings.preset.clone();
+    station.calibration = Some(cal);
+    let text = format!(
+        "# Station config written by `glad calibrate` from {} normal images; `glad inspect --config {}` uses its threshold.\n{}",
+        scores.len(),
+        args.write.display(),
+        serde_yaml::to_string(&station)?
+    );
+    std::fs::write(&args.write, text).with_context(|| format!("{}: cannot write station config", args.write.display()))?;
+    eprintln!("wrote {}", args.write.display());
+    Ok(failures.is_empty())
+}
