@@ -406,28 +406,58 @@ def export_roles(roles, out, atol, rtol, seed):
 
 
 def export_fp16(roles, out, seed):
-    """float16 copies; reports NaN/Inf and the difference to the float32 torch model."""
+    """float16 copies; reports NaN/Inf and the difference to the float32 torch model.
+
+    Two runs per model on one seeded batch-1 input: torch in float16 (on CUDA when there is
+    one, else CPU: every intermediate tensor is stored in float16, so an overflow shows) and
+    the exported ONNX model in ONNX Runtime (CUDA EP when available). ORT's CPU EP runs
+    float16 ops that lack a float16 kernel in float32 (it inserts Casts), so on CPU an
+    overflow may not show there: the torch float16 run is the check that counts."""
+    import onnxruntime as ort
+
     os.makedirs(out, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
     problems = []
     for role in roles:
         path = os.path.join(out, role.file)
         log(f"[{role.name} fp16]")
         m16 = (Fp16In1 if len(role.inputs) == 1 else Fp16In3)(role.module).eval()
+        feeds = role.make_inputs(1, np.random.default_rng(seed + 7))
+        ref = torch_run(role.module, role, feeds)
+        bad = []
         try:
             export_onnx(m16, role, path)
-            rep = verify(m16, role, path, 0, 0, seed, batches=(1,), ref_module=role.module)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            so.log_severity_level = 3
+            sess = ort.InferenceSession(path, so, providers=providers)
+            got = sess.run(role.outputs, feeds)
+            dev = "cuda" if cuda else "cpu"
+            mt = m16.to(dev)
+            with torch.no_grad():
+                t16 = mt(*[torch.from_numpy(feeds[n]).to(dev) for n in role.inputs])
+            m16.to("cpu")
+            t16 = [t.float().cpu().numpy() for t in (t16 if isinstance(t16, tuple) else (t16,))]
         except Exception as e:  # noqa: BLE001 - report and carry on with the other models
             problems.append(f"{role.name}: fp16 export/run failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
             log("    " + problems[-1])
             if os.path.exists(path):
                 os.remove(path)
             continue
-        for name, (d, scale, nan) in rep[1].items():
-            log(f"    batch 1 {name:>10}: max|fp16 ORT - fp32 torch| {d:.3e} (max|ref| {scale:.3g})"
-                f"{'  NON-FINITE VALUES: %d' % nan if nan else ''}")
-            if nan:
-                problems.append(f"{role.name}.{name}: {nan} NaN/Inf values in the float16 model's output")
-        if any(nan for (_, _, nan) in rep[1].values()):
+        log(f"    ORT on {sess.get_providers()[0]}, torch float16 on {dev}")
+        for name, r, g, t in zip(role.outputs, ref, got, t16):
+            for what, x in (("ORT fp16", g), ("torch fp16", t)):
+                nan = int(np.count_nonzero(~np.isfinite(x)))
+                d = float(np.max(np.abs(x.astype(np.float64) - r))) if nan == 0 else float("nan")
+                log(f"    batch 1 {name:>10}: max|{what} - fp32 torch| {d:.3e} (max|ref| {float(np.abs(r).max()):.3g})"
+                    f"{'  NON-FINITE VALUES: %d' % nan if nan else ''}")
+                if nan:
+                    bad.append(f"{role.name}.{name}: {nan} NaN/Inf values in the {what} output")
+        if bad:
+            problems += bad
             os.remove(path)
             log(f"    removed {path}: it produces NaN/Inf")
     return problems
@@ -645,9 +675,12 @@ def run(args, vae, unet, dino, cond, uncond, description, provenance, goldens=No
         log(f"WARNING: DINO grid {R // dino.patch_embed.patch_size} != latent grid {R // 8}: SAFF needs them equal")
     out = args.out
     os.makedirs(out, exist_ok=True)
-    for f in os.listdir(out):  # a fresh bundle: no stale files
-        if f.endswith((".onnx", ".npy", ".yaml", ".data")):
+    for f in os.listdir(out):  # a fresh bundle: no stale files (incl. orphaned external data)
+        if f.endswith((".onnx", ".npy", ".yaml", ".data", ".bin")):
             os.remove(os.path.join(out, f))
+    if os.path.isdir(os.path.join(out, "train")):
+        log(f"NOTE: {out}/train (ATP training graphs) now belongs to the old UNet: regenerate it with "
+            f"scripts/export_train_graph.py --bundle {out}")
     np.save(os.path.join(out, "cond.npy"), cond.astype(F32))
     np.save(os.path.join(out, "uncond.npy"), uncond.astype(F32))
     log(f"prompt embeddings: cond {cond.shape} uncond {uncond.shape}")
