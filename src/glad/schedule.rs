@@ -93,11 +93,13 @@ impl AlphaBar {
                     .collect()
             }
         };
+        // alphas = 1 - betas in float32; torch's CPU cumprod accumulates in float64 and rounds
+        // each entry to float32 (bit-exact with the reference this way).
         let mut ab = Vec::with_capacity(n);
-        let mut acc = 1.0f32;
+        let mut acc = 1.0f64;
         for b in betas {
-            acc *= 1.0 - b;
-            ab.push(acc);
+            acc *= (1.0f32 - b) as f64;
+            ab.push(acc as f32);
         }
         let final_ab = if cfg.set_alpha_to_one { 1.0 } else { ab[0] };
         Ok(AlphaBar { ab, final_ab })

@@ -74,8 +74,14 @@ pub fn environment(configured: Option<&Path>, intra_threads: usize) -> Result<&'
         bail!("ONNX Runtime library {} (from {source}) does not exist; glad needs ONNX Runtime >= {MIN_VERSION}", path.display());
     }
     let builder = ort::init_from(&path).map_err(|e| {
+        // libloading displays only "dlopen failed"; dlerror()'s text is in its Debug form.
+        let debug = format!("{e:?}");
+        let reason = match debug.split_once("source: \"").and_then(|(_, rest)| rest.split_once('"')) {
+            Some((desc, _)) => desc.to_string(),
+            None => e.to_string(),
+        };
         anyhow::anyhow!(
-            "cannot load ONNX Runtime library {} (from {source}): {e}; glad needs ONNX Runtime >= {MIN_VERSION}",
+            "cannot load ONNX Runtime library {} (from {source}): {reason}; glad needs ONNX Runtime >= {MIN_VERSION}",
             path.display()
         )
     })?;

@@ -1,0 +1,89 @@
+//! The Rust engine against the independent Python reference (scripts/glad_reference.py,
+//! numpy + onnxruntime, written from the spec) on onnx/tiny with fixed noise. Tolerances
+//! (issue 3): identical adp_step, map and reconstruction max abs diff <= 1e-4, image score
+//! relative diff <= 1e-5.
+
+use std::path::{Path, PathBuf};
+
+use glad_edge::bundle::Bundle;
+use glad_edge::engine::{Engine, NoiseSource};
+use glad_edge::glad::{LatentMode, ParamOverrides};
+use glad_edge::runtime::RuntimeConfig;
+use ndarray::{Array1, Array3, Array4, ArrayD, Axis, Ix1, Ix3, Ix4};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn npy<T: ndarray_npy::ReadableElement>(p: &Path) -> ArrayD<T> {
+    ndarray_npy::read_npy(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn run_case(name: &str) {
+    let dir = root().join("tests/golden/parity").join(name);
+    let case: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("case.yaml")).unwrap()).unwrap();
+    let u = |k: &str| case[k].as_u64().unwrap_or_else(|| panic!("case.yaml: {k}")) as usize;
+    let f = |k: &str| case[k].as_f64().unwrap_or_else(|| panic!("case.yaml: {k}")) as f32;
+    assert_eq!(case["latent"].as_str(), Some("sample"));
+    assert_eq!(case["object_mask"].as_str(), Some("ones"));
+    let params = ParamOverrides {
+        denoise_step: Some(u("denoise_step")),
+        noise_offset: Some(u("noise_step") as i64 - u("denoise_step") as i64),
+        steps: Some(u("steps")),
+        guidance: Some(f("guidance")),
+        tau: Some(f("tau")),
+        min_step: Some(u("min_step")),
+        v: Some(f("v")),
+        symmetric: Some(case["symmetric"].as_bool().unwrap()),
+        latent: Some(LatentMode::Sample),
+        top_k: Some(u("top_k")),
+        adp_top_k: Some(u("adp_top_k")),
+        blur_sigma: Some(f("blur_sigma")),
+        backbone_resolution: Some(u("resolution")),
+        object_mask: None,
+    }
+    .resolve(128)
+    .unwrap();
+    let rt = RuntimeConfig { threads: 2, ..Default::default() };
+    let bundle = Bundle::load(&root().join("onnx/tiny"), &rt).unwrap();
+    let mut engine = Engine::new(bundle, params).unwrap();
+    let images: Array4<f32> = npy::<f32>(&dir.join("images.npy")).into_dimensionality::<Ix4>().unwrap();
+    let b = images.shape()[0];
+    let noise = NoiseSource::from_dir(&dir).unwrap().draw(&(0..b).collect::<Vec<_>>(), engine.latent_shape()).unwrap();
+    let (out, _) = engine.inspect(images.view(), &noise).unwrap();
+
+    let adp_step: Array1<i64> = npy::<i64>(&dir.join("adp_step.npy")).into_dimensionality::<Ix1>().unwrap();
+    let adp_score: Array1<f32> = npy::<f32>(&dir.join("adp_score.npy")).into_dimensionality::<Ix1>().unwrap();
+    let score: Array1<f32> = npy::<f32>(&dir.join("score.npy")).into_dimensionality::<Ix1>().unwrap();
+    let map: Array3<f32> = npy::<f32>(&dir.join("map.npy")).into_dimensionality::<Ix3>().unwrap();
+    let rec: Array4<f32> = npy::<f32>(&dir.join("rec.npy")).into_dimensionality::<Ix4>().unwrap();
+    let reasons: Vec<&str> = case["expected"]["adp_reason"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for i in 0..b {
+        let adp = out[i].adp.expect("ADP is on in every case");
+        assert_eq!(adp.step, adp_step[i], "{name} image {i}: adp_step");
+        assert_eq!(adp.on_threshold, reasons[i] == "threshold", "{name} image {i}: stop reason");
+        assert!((adp.score - adp_score[i]).abs() <= 1e-5, "{name} image {i}: adp_score {} vs {}", adp.score, adp_score[i]);
+        let rel = ((out[i].score - score[i]) / score[i]).abs();
+        assert!(rel <= 1e-5, "{name} image {i}: score {} vs {} (rel {rel})", out[i].score, score[i]);
+        let dm = (&out[i].map - &map.index_axis(Axis(0), i)).mapv(f32::abs).fold(0.0f32, |a, &v| a.max(v));
+        assert!(dm <= 1e-4, "{name} image {i}: map max abs diff {dm}");
+        let dr = (&out[i].reconstruction - &rec.index_axis(Axis(0), i)).mapv(f32::abs).fold(0.0f32, |a, &v| a.max(v));
+        assert!(dr <= 1e-4, "{name} image {i}: reconstruction max abs diff {dr}");
+        eprintln!("{name} image {i}: adp_step {} score rel diff {rel:.2e} map {dm:.2e} rec {dr:.2e}", adp.step);
+    }
+}
+
+#[test]
+fn parity_adp_stops_on_threshold_with_saff() {
+    run_case("adp_threshold");
+}
+
+#[test]
+fn parity_adp_stops_at_min_step() {
+    run_case("adp_min_step");
+}
+
+#[test]
+fn parity_visa_style() {
+    run_case("visa_style");
+}
