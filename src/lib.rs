@@ -13,3 +13,4 @@ pub mod glad;
 pub mod imaging;
 pub mod pipeline;
 pub mod runtime;
+pub mod train;
