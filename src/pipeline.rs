@@ -25,6 +25,10 @@ pub struct ImageTimes {
     pub backbone_ms: f64,
     pub reconstruct_ms: f64,
     pub anomaly_map_ms: f64,
+    /// Engine wall time (reconstruction + anomaly map).
+    pub engine_ms: f64,
+    /// The part of `engine_ms` spent inside ONNX Runtime calls.
+    pub onnxruntime_ms: f64,
 }
 
 impl ImageTimes {
@@ -39,6 +43,8 @@ impl ImageTimes {
             backbone_ms: ms(t.models.backbone),
             reconstruct_ms: ms(t.reconstruct),
             anomaly_map_ms: ms(t.anomaly_map),
+            engine_ms: ms(t.reconstruct + t.anomaly_map),
+            onnxruntime_ms: ms(t.models.total()),
         }
     }
 }

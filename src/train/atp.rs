@@ -43,7 +43,13 @@ pub fn draw(zn: ArrayView4<'_, f32>, za: ArrayView4<'_, f32>, ab: &AlphaBar, rng
 /// `zt = sqrt(ab[t]) zs + sqrt(1 - ab[t]) eps`, `y = eps - sqrt(ab[t]) / sqrt(1 - ab[t]) (zs - zn)`,
 /// all in float64, cast to float32 at the end.
 pub fn build(zn: ArrayView4<'_, f32>, za: ArrayView4<'_, f32>, t: &[i64], eps: ArrayView4<'_, f32>, ab: &AlphaBar) -> Result<AtpBatch> {
-    ensure!(zn.shape() == za.shape() && zn.shape() == eps.shape(), "ATP: latent shapes differ: {:?}, {:?}, {:?}", zn.shape(), za.shape(), eps.shape());
+    ensure!(
+        zn.shape() == za.shape() && zn.shape() == eps.shape(),
+        "ATP: latent shapes differ: {:?}, {:?}, {:?}",
+        zn.shape(),
+        za.shape(),
+        eps.shape()
+    );
     ensure!(t.len() == zn.shape()[0], "ATP: {} timesteps for a batch of {}", t.len(), zn.shape()[0]);
     let n = ab.len() as f64;
     let mut zt = Array4::<f32>::zeros(zn.raw_dim());

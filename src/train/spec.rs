@@ -90,7 +90,11 @@ impl TrainSpec {
     pub fn read(bundle_dir: &Path) -> Result<TrainSpec> {
         let path = Self::path(bundle_dir);
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("{}: cannot read the training spec (export it: python3 scripts/export_train_graph.py --bundle {} --batch N)", path.display(), bundle_dir.display())
+            format!(
+                "{}: cannot read the training spec (export it: python3 scripts/export_train_graph.py --bundle {} --batch N)",
+                path.display(),
+                bundle_dir.display()
+            )
         })?;
         let spec: TrainSpec = parse_yaml(&path, &text)?;
         spec.check(&path)?;
@@ -118,7 +122,13 @@ impl TrainSpec {
         for (list, key) in [(&self.trainable, "trainable"), (&self.frozen, "frozen")] {
             for e in list {
                 if e.length != 4 * e.numel() as u64 {
-                    bail!("{p}: key `{key}`: tensor `{}` has shape {:?} ({} values) but length {} bytes", e.name, e.shape, e.numel(), e.length);
+                    bail!(
+                        "{p}: key `{key}`: tensor `{}` has shape {:?} ({} values) but length {} bytes",
+                        e.name,
+                        e.shape,
+                        e.numel(),
+                        e.length
+                    );
                 }
                 if key == "trainable" && e.grad.is_none() {
                     bail!("{p}: key `trainable`: tensor `{}` has no `grad` output", e.name);
@@ -167,7 +177,9 @@ pub fn read_weights<'a>(path: &Path, entries: impl IntoIterator<Item = &'a Tenso
             bail!("{}: tensor `{}` ends at byte {} but the file has {size} bytes", path.display(), e.name, e.offset + e.length);
         }
         let mut buf = vec![0u8; e.length as usize];
-        f.seek(SeekFrom::Start(e.offset)).and_then(|_| f.read_exact(&mut buf)).with_context(|| format!("{}: cannot read tensor `{}`", path.display(), e.name))?;
+        f.seek(SeekFrom::Start(e.offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .with_context(|| format!("{}: cannot read tensor `{}`", path.display(), e.name))?;
         out.push(buf.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
     }
     Ok(out)
@@ -180,7 +192,13 @@ pub fn write_weights(src: &Path, dst: &Path, entries: &[TensorEntry], values: &[
     for (e, v) in entries.iter().zip(values) {
         let end = (e.offset + e.length) as usize;
         if end > bytes.len() || v.len() != e.numel() {
-            bail!("{}: tensor `{}` does not fit the weights file ({} values, ends at {end} of {} bytes)", src.display(), e.name, v.len(), bytes.len());
+            bail!(
+                "{}: tensor `{}` does not fit the weights file ({} values, ends at {end} of {} bytes)",
+                src.display(),
+                e.name,
+                v.len(),
+                bytes.len()
+            );
         }
         for (dst, x) in bytes[e.offset as usize..end].chunks_exact_mut(4).zip(v) {
             dst.copy_from_slice(&x.to_le_bytes());

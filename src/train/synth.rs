@@ -102,7 +102,12 @@ pub struct Synthesis {
 
 /// Synthesises an anomalous copy of `x` (square, already at the training resolution).
 /// `foreground` (`[R, R]`, 0..1) limits where anomalies may appear; `None` = everywhere.
-pub fn synthesize(x: &RgbImage, textures: Option<&dyn TextureSource>, foreground: Option<&Array2<f32>>, rng: &mut ChaCha8Rng) -> Result<Synthesis> {
+pub fn synthesize(
+    x: &RgbImage,
+    textures: Option<&dyn TextureSource>,
+    foreground: Option<&Array2<f32>>,
+    rng: &mut ChaCha8Rng,
+) -> Result<Synthesis> {
     let r = x.width();
     anyhow::ensure!(x.height() == r, "anomaly synthesis needs a square image, got {}x{}", x.width(), x.height());
     let xt = imaging::preprocess(x, r as usize);
@@ -413,8 +418,9 @@ pub fn augment(img: &RgbImage, a: Augmenter, rng: &mut ChaCha8Rng) -> RgbImage {
         Augmenter::Rotate => {
             let deg = rng.random_range(-45.0f32..=45.0);
             let (w, h) = img.dimensions();
-            let planes: Vec<Array2<f32>> =
-                (0..3).map(|c| Array2::from_shape_fn((h as usize, w as usize), |(y, x)| img.get_pixel(x as u32, y as u32)[c] as f32)).collect();
+            let planes: Vec<Array2<f32>> = (0..3)
+                .map(|c| Array2::from_shape_fn((h as usize, w as usize), |(y, x)| img.get_pixel(x as u32, y as u32)[c] as f32))
+                .collect();
             let (sin, cos) = deg.to_radians().sin_cos();
             RgbImage::from_fn(w, h, |x, y| {
                 let (sy, sx) = rotate_source(y as usize, x as usize, h as usize, w as usize, cos, sin);
