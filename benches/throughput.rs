@@ -89,11 +89,11 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline_4_images");
     g.sample_size(10).measurement_time(Duration::from_secs(30)).warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(files.len() as u64));
-    for pipelined in [false, true] {
-        let name = if pipelined { "pipelined" } else { "sequential" };
+    let mut engines = vec![eng, engine()];
+    for (name, pipelined, workers) in [("sequential", false, 1), ("pipelined_1_worker", true, 1), ("pipelined_2_workers", true, 2)] {
         g.bench_function(name, |bench| {
             bench.iter(|| {
-                pipeline::run(&mut eng, &noise, &files, 1, pipelined, |item| {
+                pipeline::run(&mut engines[..workers], &noise, &files, 1, pipelined, |item| {
                     let (insp, _) = item.result.unwrap();
                     let img = item.image.unwrap();
                     let (lo, hi) = imaging::heat_range(&insp.map, None);

@@ -24,6 +24,9 @@ pub struct NoiseConfig {
 pub struct InspectConfig {
     /// Images per engine call.
     pub batch: usize,
+    /// Engines inspecting batches in parallel (each loads its own sessions; they share the
+    /// ONNX Runtime thread pool). Small models that cannot keep the cores busy gain from 2.
+    pub workers: usize,
     /// Write the reconstruction PNG beside the heatmap.
     pub save_reconstruction: bool,
     /// Write the raw anomaly map as .npy.
@@ -32,7 +35,7 @@ pub struct InspectConfig {
 
 impl Default for InspectConfig {
     fn default() -> Self {
-        InspectConfig { batch: 1, save_reconstruction: false, save_map: false }
+        InspectConfig { batch: 1, workers: 1, save_reconstruction: false, save_map: false }
     }
 }
 
@@ -73,6 +76,9 @@ impl Config {
         let c: Config = parse_yaml(path, &text)?;
         if c.inspect.batch == 0 {
             bail!("{}: key `inspect.batch`: must be at least 1", path.display());
+        }
+        if c.inspect.workers == 0 {
+            bail!("{}: key `inspect.workers`: must be at least 1", path.display());
         }
         Ok(c)
     }

@@ -115,26 +115,33 @@ fn run_batch(engine: &mut Engine, noise: &NoiseSource, batch: Vec<Loaded>, mut e
 }
 
 /// Inspects `files` in batches of `batch`, handing every image (inspected or failed) to
-/// `sink` in input order within each batch.
-pub fn run<S>(engine: &mut Engine, noise: &NoiseSource, files: &[PathBuf], batch: usize, pipelined: bool, mut sink: S) -> Result<()>
+/// `sink`. Sequential: one engine does load → inspect → sink per batch. Pipelined: a loader
+/// thread, one worker thread per engine (each engine its own sessions, so N engines inspect N
+/// batches at once) and a sink thread; images reach the sink in completion order.
+pub fn run<S>(engines: &mut [Engine], noise: &NoiseSource, files: &[PathBuf], batch: usize, pipelined: bool, mut sink: S) -> Result<()>
 where
     S: FnMut(Inspected) + Send,
 {
     let batch = batch.max(1);
-    let r = engine.resolution();
+    let Some(first) = engines.first() else {
+        anyhow::bail!("pipeline: no engine");
+    };
+    let r = first.resolution();
     if !pipelined {
+        let engine = &mut engines[0];
         for (k, chunk) in files.chunks(batch).enumerate() {
             let loaded: Vec<Loaded> = chunk.iter().enumerate().map(|(i, p)| load(k * batch + i, p.clone(), r)).collect();
             run_batch(engine, noise, loaded, &mut sink);
         }
         return Ok(());
     }
-    let (load_tx, load_rx) = bounded::<Loaded>(2 * batch);
-    let (out_tx, out_rx) = bounded::<Inspected>(2 * batch);
+    let (batch_tx, batch_rx) = bounded::<Vec<Loaded>>(engines.len() + 1);
+    let (out_tx, out_rx) = bounded::<Inspected>(2 * batch * engines.len());
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            for (i, p) in files.iter().enumerate() {
-                if load_tx.send(load(i, p.clone(), r)).is_err() {
+            for (k, chunk) in files.chunks(batch).enumerate() {
+                let loaded = chunk.iter().enumerate().map(|(i, p)| load(k * batch + i, p.clone(), r)).collect();
+                if batch_tx.send(loaded).is_err() {
                     break;
                 }
             }
@@ -144,18 +151,14 @@ where
                 sink(item);
             }
         });
-        let mut pending = Vec::with_capacity(batch);
-        for l in load_rx {
-            pending.push(l);
-            if pending.len() == batch {
-                run_batch(engine, noise, std::mem::take(&mut pending), |i| {
-                    let _ = out_tx.send(i);
-                });
-            }
-        }
-        if !pending.is_empty() {
-            run_batch(engine, noise, pending, |i| {
-                let _ = out_tx.send(i);
+        for engine in engines.iter_mut() {
+            let (rx, tx) = (batch_rx.clone(), out_tx.clone());
+            scope.spawn(move || {
+                for loaded in rx {
+                    run_batch(engine, noise, loaded, |i| {
+                        let _ = tx.send(i);
+                    });
+                }
             });
         }
         drop(out_tx);

@@ -67,12 +67,12 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
     if files.is_empty() {
         bail!("no images found in {:?}", args.images);
     }
-    let mut engine = settings.engine()?;
+    let mut engines = settings.engines(settings.config.inspect.workers)?;
     let noise = settings.noise()?;
     let pb = progress(files.len(), "calibrate");
     let mut scores = Vec::new();
     let mut failures = Vec::new();
-    pipeline::run(&mut engine, &noise, &files, settings.config.inspect.batch, true, |item: Inspected| {
+    pipeline::run(&mut engines, &noise, &files, settings.config.inspect.batch, true, |item: Inspected| {
         pb.inc(1);
         match &item.result {
             Ok((insp, _)) if insp.score.is_finite() => scores.push(insp.score),

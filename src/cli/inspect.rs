@@ -27,6 +27,9 @@ pub struct InspectArgs {
     /// Images per engine call; overrides `inspect.batch`.
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
+    /// Engines working in parallel; overrides `inspect.workers`.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// Verdict threshold; overrides the config's threshold and calibration.
     #[arg(long)]
     pub threshold: Option<f32>,
@@ -104,7 +107,8 @@ pub fn run(args: InspectArgs) -> Result<bool> {
     if files.is_empty() {
         bail!("no images found in {:?}", args.inputs);
     }
-    let mut engine = settings.engine()?;
+    let workers = args.workers.unwrap_or(settings.config.inspect.workers);
+    let mut engines = settings.engines(if args.sequential { 1 } else { workers })?;
     let noise = settings.noise()?;
     let threshold = args.threshold.or(settings.config.threshold());
     let calibration = settings.config.calibration.clone();
@@ -112,7 +116,7 @@ pub fn run(args: InspectArgs) -> Result<bool> {
     let save_rec = args.save_reconstruction || settings.config.inspect.save_reconstruction;
     let save_map = args.save_map || settings.config.inspect.save_map;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
-    tracing::info!(images = files.len(), batch, params = ?engine.params, "inspecting");
+    tracing::info!(images = files.len(), batch, workers, params = ?engines[0].params, "inspecting");
 
     let pb = progress(files.len(), "inspect");
     let mut failures: Vec<String> = Vec::new();
@@ -130,7 +134,7 @@ pub fn run(args: InspectArgs) -> Result<bool> {
         let _ = writeln!(stdout.lock(), "{line}");
         pb.inc(1);
     };
-    pipeline::run(&mut engine, &noise, &files, batch, !args.sequential, sink)?;
+    pipeline::run(&mut engines, &noise, &files, batch, !args.sequential, sink)?;
     pb.finish_and_clear();
     if let Some(c) = calibration {
         tracing::info!(threshold = c.threshold, rule = %c.rule, "verdicts against the station calibration");

@@ -117,6 +117,11 @@ impl Settings {
         Engine::new(bundle, params)
     }
 
+    /// `n` engines with their own sessions, for `n` pipeline workers.
+    pub fn engines(&self, n: usize) -> Result<Vec<Engine>> {
+        (0..n.max(1)).map(|_| self.engine()).collect()
+    }
+
     pub fn noise(&self) -> Result<NoiseSource> {
         match self.params.noise_dir.as_ref().or(self.config.noise.dir.as_ref()) {
             Some(dir) => NoiseSource::from_dir(dir),
