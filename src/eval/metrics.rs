@@ -78,10 +78,7 @@ impl CurveMetrics {
     pub fn from_maps(maps: &[ArrayView2<f32>], masks: &[ArrayView2<bool>]) -> Option<Self> {
         check_shapes(maps, masks);
         let n: usize = maps.iter().map(|m| m.len()).sum();
-        let pairs = maps
-            .iter()
-            .zip(masks)
-            .flat_map(|(m, k)| m.iter().copied().zip(k.iter().copied()));
+        let pairs = maps.iter().zip(masks).flat_map(|(m, k)| m.iter().copied().zip(k.iter().copied()));
         Self::from_pairs(pairs, n)
     }
 
@@ -210,18 +207,12 @@ impl ProCurve {
     /// `None` where the reference fails or returns NaN: fewer than 2 points kept
     /// (`auc` raises), or the largest kept FPR is 0 (0/0).
     pub fn auc(&self, max_fpr: f64) -> Option<f64> {
-        let (x, y): (Vec<f64>, Vec<f64>) = self
-            .fpr
-            .iter()
-            .zip(&self.pro)
-            .filter(|(f, _)| **f < max_fpr)
-            .map(|(f, p)| (*f, *p))
-            .unzip();
+        let (x, y): (Vec<f64>, Vec<f64>) = self.fpr.iter().zip(&self.pro).filter(|(f, _)| **f < max_fpr).map(|(f, p)| (*f, *p)).unzip();
         if x.len() < 2 {
             return None;
         }
         let fmax = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        if !(fmax > 0.0) {
+        if fmax <= 0.0 {
             return None;
         }
         let x: Vec<f64> = x.iter().map(|f| f / fmax).collect();
@@ -236,11 +227,7 @@ impl ProCurve {
         } else {
             1.0
         };
-        let area: f64 = x
-            .windows(2)
-            .zip(y.windows(2))
-            .map(|(xw, yw)| (xw[1] - xw[0]) * (yw[1] + yw[0]) / 2.0)
-            .sum();
+        let area: f64 = x.windows(2).zip(y.windows(2)).map(|(xw, yw)| (xw[1] - xw[0]) * (yw[1] + yw[0]) / 2.0).sum();
         Some(direction * area)
     }
 }
@@ -264,11 +251,7 @@ impl ProCurve {
 /// cannot build the grid), `num_thresholds` is 0, no mask has a region (the reference's
 /// `mean` of nothing raises) or no pixel is negative. Panics if the numbers of maps and
 /// masks differ or a map and its mask differ in shape.
-pub fn pro_curve(
-    maps: &[ArrayView2<f32>],
-    masks: &[ArrayView2<bool>],
-    num_thresholds: usize,
-) -> Option<ProCurve> {
+pub fn pro_curve(maps: &[ArrayView2<f32>], masks: &[ArrayView2<bool>], num_thresholds: usize) -> Option<ProCurve> {
     check_shapes(maps, masks);
     let mut lo = f32::INFINITY;
     let mut hi = f32::NEG_INFINITY;
@@ -281,7 +264,7 @@ pub fn pro_curve(
             hi = hi.max(v);
         }
     }
-    if !(lo < hi) {
+    if lo >= hi {
         return None; // no pixels, or constant maps
     }
     let thresholds = numpy1_threshold_grid(lo, hi, num_thresholds)?;
@@ -348,12 +331,7 @@ pub fn pro_curve(
 /// largest kept FPR, trapezoids. The result lies in [0, 1].
 ///
 /// `None` in the cases listed at [`pro_curve`] and [`ProCurve::auc`].
-pub fn pro_auc(
-    maps: &[ArrayView2<f32>],
-    masks: &[ArrayView2<bool>],
-    max_fpr: f64,
-    num_thresholds: usize,
-) -> Option<f64> {
+pub fn pro_auc(maps: &[ArrayView2<f32>], masks: &[ArrayView2<bool>], max_fpr: f64, num_thresholds: usize) -> Option<f64> {
     pro_curve(maps, masks, num_thresholds)?.auc(max_fpr)
 }
 
@@ -366,7 +344,7 @@ fn numpy1_threshold_grid(lo: f32, hi: f32, num: usize) -> Option<Vec<f32>> {
         return None;
     }
     let step = r / num as f64;
-    if !(step > 0.0) {
+    if step <= 0.0 {
         return None;
     }
     let len = (r / step).ceil() as usize;
@@ -390,8 +368,14 @@ fn numpy1_threshold_grid(lo: f32, hi: f32, num: usize) -> Option<Vec<f32>> {
 fn bin_of(th: &[f32], v: f32, start: f64, scale: f64) -> usize {
     let n = th.len();
     let g = ((v as f64 - start) * scale).ceil();
-    let mut k = if g <= 0.0 { 0 } else if g >= n as f64 { n } else { g as usize };
-    while k > 0 && !(v > th[k - 1]) {
+    let mut k = if g <= 0.0 {
+        0
+    } else if g >= n as f64 {
+        n
+    } else {
+        g as usize
+    };
+    while k > 0 && v <= th[k - 1] {
         k -= 1;
     }
     while k < n && v > th[k] {
@@ -403,13 +387,7 @@ fn bin_of(th: &[f32], v: f32, start: f64, scale: f64) -> usize {
 /// Labels the 8-connected components of a row-major `h x w` mask: `labels[i]` is 0 for
 /// background and 1..=count for the components, numbered in raster order of their first
 /// pixel (as scikit-image). Returns the count.
-fn label_8(
-    mask: &[bool],
-    h: usize,
-    w: usize,
-    labels: &mut Vec<u32>,
-    stack: &mut Vec<usize>,
-) -> usize {
+fn label_8(mask: &[bool], h: usize, w: usize, labels: &mut Vec<u32>, stack: &mut Vec<usize>) -> usize {
     labels.clear();
     labels.resize(h * w, 0);
     let mut count = 0u32;
@@ -495,15 +473,9 @@ mod tests {
         for s in sets {
             let name = s["name"].as_str().unwrap();
             let scores = f32s(&s["scores"]);
-            let labels: Vec<bool> =
-                s["labels"].as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect();
+            let labels: Vec<bool> = s["labels"].as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect();
             close(auroc(&scores, &labels), opt(&s["auroc"]), 1e-9, &format!("{name} auroc"));
-            close(
-                average_precision(&scores, &labels),
-                opt(&s["average_precision"]),
-                1e-9,
-                &format!("{name} ap"),
-            );
+            close(average_precision(&scores, &labels), opt(&s["average_precision"]), 1e-9, &format!("{name} ap"));
             close(f1_max(&scores, &labels), opt(&s["f1_max"]), 1e-9, &format!("{name} f1"));
         }
     }
@@ -522,12 +494,10 @@ mod tests {
             .unwrap()
             .iter()
             .map(|s| {
-                let shape: Vec<usize> =
-                    s["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+                let shape: Vec<usize> = s["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
                 let sh = (shape[0], shape[1], shape[2]);
                 let maps = Array3::from_shape_vec(sh, f32s(&s["maps"])).unwrap();
-                let masks: Vec<bool> =
-                    s["masks"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() != 0).collect();
+                let masks: Vec<bool> = s["masks"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() != 0).collect();
                 let masks = Array3::from_shape_vec(sh, masks).unwrap();
                 PixelSet { name: s["name"].as_str().unwrap().to_string(), maps, masks, v: s.clone() }
             })
@@ -542,19 +512,11 @@ mod tests {
             let maps: Vec<ArrayView2<f32>> = s.maps.axis_iter(Axis(0)).collect();
             let masks: Vec<ArrayView2<bool>> = s.masks.axis_iter(Axis(0)).collect();
             let m = CurveMetrics::from_maps(&maps, &masks);
-            let flat = CurveMetrics::compute(
-                s.maps.as_slice().unwrap(),
-                s.masks.as_slice().unwrap(),
-            );
+            let flat = CurveMetrics::compute(s.maps.as_slice().unwrap(), s.masks.as_slice().unwrap());
             assert_eq!(m, flat, "{}: from_maps and compute differ", s.name);
             let name = &s.name;
             close(m.map(|m| m.auroc), opt(&s.v["auroc"]), 1e-9, &format!("{name} auroc"));
-            close(
-                m.map(|m| m.average_precision),
-                opt(&s.v["average_precision"]),
-                1e-9,
-                &format!("{name} ap"),
-            );
+            close(m.map(|m| m.average_precision), opt(&s.v["average_precision"]), 1e-9, &format!("{name} ap"));
             close(m.map(|m| m.f1_max), opt(&s.v["f1_max"]), 1e-9, &format!("{name} f1"));
             for p in s.v["pro"].as_array().unwrap() {
                 let max_fpr = p["max_fpr"].as_f64().unwrap();
@@ -656,9 +618,7 @@ mod tests {
         let perfect = mask.mapv(|b| if b { 1.0f32 } else { 0.0 });
         assert_eq!(pro_auc(&[perfect.view()], &[mask.view()], 0.3, 200), None);
         // regions all above a spread background: PRO 1 at every kept point -> area 1
-        let map = Array2::from_shape_fn((16, 16), |(y, x)| {
-            if mask[[y, x]] { 1.0f32 } else { ((y * 16 + x) % 50) as f32 / 100.0 }
-        });
+        let map = Array2::from_shape_fn((16, 16), |(y, x)| if mask[[y, x]] { 1.0f32 } else { ((y * 16 + x) % 50) as f32 / 100.0 });
         let p = pro_auc(&[map.view()], &[mask.view()], 0.3, 200).unwrap();
         assert!((p - 1.0).abs() < 1e-12, "{p}");
         // no region anywhere
