@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{s, Array1, Array3, Array4, ArrayViewD, Axis, IxDyn};
+use ndarray::{s, Array1, Array3, Array4, ArrayD, ArrayViewD, Axis, IxDyn};
 use serde::Serialize;
 
 use crate::bundle::{Bundle, TimestepType};
@@ -104,6 +104,16 @@ pub struct RunState {
     pub adam: AdamW,
 }
 
+/// One batch, ready for the training graph.
+#[derive(Debug, Clone)]
+pub struct PreparedBatch {
+    pub atp: atp::AtpBatch,
+    /// Samples that got a synthetic anomaly.
+    pub anomalous: usize,
+    /// Dataset indices of the batch's images.
+    pub images: Vec<usize>,
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Copy)]
 pub struct StepOutput {
@@ -163,7 +173,7 @@ impl Trainer {
         if spec.latent != [c, side, side] {
             bail!("{y}: key `latent`: {:?}, but the bundle's latent is [{c}, {side}, {side}]", spec.latent);
         }
-        let entry = spec.graph(batch).with_context(|| format!("{y}"))?.clone();
+        let entry = spec.graph(batch).map_err(|e| anyhow::anyhow!("{y}: {e}"))?.clone();
         let gpath = bundle_dir.join(TrainSpec::DIR).join(&entry.file);
         let graph = rt.load_model("train", &gpath)?;
         let g = gpath.display();
@@ -186,7 +196,10 @@ impl Trainer {
             TimestepType::Float32 => "float32",
         };
         expect_input(&spec.inputs.timestep, ts_dtype, &[b])?;
-        expect_input(&spec.inputs.seed, "float32", &[1])?;
+        // onnx-ad declares the seed count symbolic (`nadj`): [1] or [?]
+        if expect_input(&spec.inputs.seed, "float32", &[-1]).is_err() {
+            expect_input(&spec.inputs.seed, "float32", &[1])?;
+        }
         let context = match (&spec.inputs.context, &bundle.prompt) {
             (Some(name), Some((_, cond))) => {
                 let (l, d) = (cond.shape()[1], cond.shape()[2]);
@@ -202,7 +215,9 @@ impl Trainer {
         for e in &spec.trainable {
             let grad = e.grad.as_deref().expect("checked by TrainSpec::read");
             let t = graph.output(grad).with_context(|| format!("{g}: no gradient output `{grad}` for `{}`", e.name))?;
-            if t.shape.iter().product::<i64>() != e.numel() as i64 {
+            // weight.shape + [nadj] (symbolic, 1 at run time)
+            let static_numel: i64 = t.shape.iter().filter(|&&d| d >= 0).product();
+            if static_numel != e.numel() as i64 {
                 bail!("{g}: gradient `{grad}` is {t}, expected {} values", e.numel());
             }
         }
@@ -244,15 +259,9 @@ impl Trainer {
         Ok(RunState { step: ck.header.step, weights, adam })
     }
 
-    /// One optimiser step on the batch of data step `data_step`.
-    pub fn step(
-        &mut self,
-        state: &mut RunState,
-        data: &Dataset,
-        textures: Option<&dyn TextureSource>,
-        seed: u64,
-        data_step: u64,
-    ) -> Result<StepOutput> {
+    /// The ATP batch of data step `data_step`: images, their anomalies, latents, timesteps,
+    /// noise and targets. A function of `(seed, data_step)` and the data.
+    pub fn prepare(&mut self, data: &Dataset, textures: Option<&dyn TextureSource>, seed: u64, data_step: u64) -> Result<PreparedBatch> {
         let b = self.batch;
         let r = self.bundle.manifest.resolution;
         // 1. images and their synthetic anomalies
@@ -269,20 +278,30 @@ impl Trainer {
         }
         // 2.-5. latents, timestep, noise, target
         let mut rng = data::rng_for(seed, data::Purpose::Step, data_step);
-        let (z, _) = {
+        let z = {
             let mut models = OnnxModels::new(&mut self.bundle);
             let (mean, std) = models.encode(images.view())?;
-            (atp::sample_latent(mean.view(), std.view(), models.scaling_factor(), &mut rng), ())
+            atp::sample_latent(mean.view(), std.view(), models.scaling_factor(), &mut rng)
         };
         let (zn, za) = z.view().split_at(Axis(0), b);
-        let batch = atp::draw(zn, za, &self.ab, &mut rng)?;
-        // 6. forward + backward
-        let n_train = self.spec.trainable.len();
+        let atp = atp::draw(zn, za, &self.ab, &mut rng)?;
+        Ok(PreparedBatch { atp, anomalous, images: idx })
+    }
+
+    /// The `cond` embedding repeated over the batch (the UNet's context input), if any.
+    pub fn context(&self) -> Option<&Array3<f32>> {
+        self.context.as_ref()
+    }
+
+    /// Runs the training graph: the loss and the gradient of every trainable weight (in
+    /// train.yaml order, each `weight.shape + [1]`). `weights`: every weight, trainable then frozen.
+    pub fn loss_and_grads(&mut self, weights: &[Vec<f32>], batch: &atp::AtpBatch) -> Result<(f64, Vec<ArrayD<f32>>)> {
         let t_i64 = Array1::from(batch.t.clone()).into_dyn();
         let t_f32 = t_i64.mapv(|v| v as f32);
         let seed_in = Array1::from_elem(1, 1.0f32).into_dyn();
-        let mut inputs: Vec<(&str, Input<'_>)> = Vec::with_capacity(self.spec.trainable.len() + self.spec.frozen.len() + 5);
-        for (e, w) in self.spec.tensors().zip(&state.weights) {
+        let mut inputs: Vec<(&str, Input<'_>)> = Vec::with_capacity(weights.len() + 5);
+        ensure!(weights.len() == self.spec.trainable.len() + self.spec.frozen.len(), "{} weight tensors given", weights.len());
+        for (e, w) in self.spec.tensors().zip(weights) {
             let view = ArrayViewD::from_shape(IxDyn(&e.shape), w).with_context(|| format!("tensor `{}`", e.name))?;
             inputs.push((e.name.as_str(), Input::F32(view)));
         }
@@ -303,25 +322,42 @@ impl Trainer {
         let mut names: Vec<&str> = vec![self.spec.loss.as_str()];
         names.extend(self.spec.trainable.iter().map(|e| e.grad.as_deref().expect("checked")));
         let mut outs = self.graph.run(&inputs, &names)?;
-        drop(inputs);
         let loss = outs[0].iter().next().copied().context("training graph: empty loss")? as f64;
+        let grads = outs.split_off(1);
+        Ok((loss, grads))
+    }
+
+    /// One optimiser step on the batch of data step `data_step`.
+    pub fn step(
+        &mut self,
+        state: &mut RunState,
+        data: &Dataset,
+        textures: Option<&dyn TextureSource>,
+        seed: u64,
+        data_step: u64,
+    ) -> Result<StepOutput> {
+        let batch = self.prepare(data, textures, seed, data_step)?;
+        // 6. forward + backward
+        let (loss, mut outs) = self.loss_and_grads(&state.weights, &batch.atp)?;
         if !loss.is_finite() {
             bail!("step {}: the loss is {loss} (lower --lr?)", state.step + 1);
         }
         // 7. AdamW
+        let n_train = self.spec.trainable.len();
         let mut grads: Vec<&mut [f32]> =
-            outs[1..].iter_mut().map(|g| g.as_slice_mut().context("gradient not contiguous")).collect::<Result<_>>()?;
+            outs.iter_mut().map(|g| g.as_slice_mut().context("gradient not contiguous")).collect::<Result<_>>()?;
         if let Some(bad) = grads.iter().position(|g| g.iter().any(|v| !v.is_finite())) {
             bail!("step {}: the gradient of `{}` is not finite (lower --lr?)", state.step + 1, self.spec.trainable[bad].name);
         }
         let mut params: Vec<&mut [f32]> = state.weights[..n_train].iter_mut().map(|w| w.as_mut_slice()).collect();
         let info = state.adam.update(&mut params, &mut grads);
         state.step += 1;
-        Ok(StepOutput { loss, info, anomalous })
+        Ok(StepOutput { loss, info, anomalous: batch.anomalous })
     }
 
     /// Trains as `opts` says, checkpointing on the way, and writes the output bundle.
     pub fn train(&mut self, opts: &TrainOptions) -> Result<TrainReport> {
+        output::check_out(&self.bundle.dir, &opts.out)?;
         let r = self.bundle.manifest.resolution;
         let data = Dataset::load(&opts.images, r)?;
         let textures = opts.textures.as_deref().map(TextureDir::open).transpose()?;

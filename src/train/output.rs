@@ -65,8 +65,9 @@ fn is_train_output(dir: &Path) -> bool {
     v.get("provenance").and_then(|p| p.get("training")).and_then(|t| t.get("tool")).is_some()
 }
 
-/// Writes the output bundle `out` (through a temporary folder and a rename).
-pub fn write_bundle(src: &Path, out: &Path, spec: &TrainSpec, trained: &[Vec<f32>], prov: &Provenance) -> Result<()> {
+/// Checks that `out` may receive the output bundle of `src`: not the input bundle (nor inside
+/// it or around it), and either absent or an earlier output of train.
+pub fn check_out(src: &Path, out: &Path) -> Result<()> {
     let src_abs = src.canonicalize().with_context(|| format!("{}: cannot resolve", src.display()))?;
     if let Ok(out_abs) = out.canonicalize() {
         if out_abs == src_abs || src_abs.starts_with(&out_abs) || out_abs.starts_with(&src_abs) {
@@ -76,6 +77,13 @@ pub fn write_bundle(src: &Path, out: &Path, spec: &TrainSpec, trained: &[Vec<f32
     if out.exists() && !is_train_output(out) {
         bail!("--out {}: exists and is not a bundle written by train; remove it or choose another folder", out.display());
     }
+    out.file_name().with_context(|| format!("--out {}: needs a folder name", out.display()))?;
+    Ok(())
+}
+
+/// Writes the output bundle `out` (through a temporary folder and a rename).
+pub fn write_bundle(src: &Path, out: &Path, spec: &TrainSpec, trained: &[Vec<f32>], prov: &Provenance) -> Result<()> {
+    check_out(src, out)?;
     let name = out.file_name().with_context(|| format!("--out {}: needs a folder name", out.display()))?.to_string_lossy().to_string();
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;

@@ -409,7 +409,7 @@ pub fn augment(img: &RgbImage, a: Augmenter, rng: &mut ChaCha8Rng) -> RgbImage {
                 let step = if nonzero.len() <= 1 { 0 } else { (nonzero.iter().sum::<u64>() - nonzero[nonzero.len() - 1]) / 255 };
                 let mut n = step / 2;
                 for (v, o) in lut.iter_mut().enumerate() {
-                    *o = if step == 0 { v as u8 } else { (n / step).min(255) as u8 };
+                    *o = n.checked_div(step).map_or(v as u8, |q| q.min(255) as u8);
                     n += h[v];
                 }
             }
@@ -471,7 +471,11 @@ mod tests {
     use rand::SeedableRng;
 
     fn test_image(r: u32) -> RgbImage {
-        RgbImage::from_fn(r, r, |x, y| Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, ((x + y) * 3 % 256) as u8]))
+        // ramps plus a hash pattern (a pure ramp is a fixed point of smoothing)
+        RgbImage::from_fn(r, r, |x, y| {
+            let h = (x.wrapping_mul(73_856_093) ^ y.wrapping_mul(19_349_663)) % 64;
+            Rgb([((x * 7 + h) % 256) as u8, ((y * 5 + 2 * h) % 256) as u8, (((x + y) * 3 + h) % 256) as u8])
+        })
     }
 
     struct Flat;
