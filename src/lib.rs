@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod eval;
 pub mod glad;
 pub mod imaging;
 pub mod pipeline;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use glad_edge::cli::{self, calibrate::CalibrateArgs, inspect::InspectArgs, CommonArgs, ParamArgs, Settings};
+use glad_edge::cli::{self, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, CommonArgs, ParamArgs, Settings};
 
 /// GLAD diffusion-based anomaly detection on ONNX Runtime.
 #[derive(Parser)]
@@ -22,6 +22,8 @@ enum Command {
     },
     /// Inspect images: one JSON line per image on stdout, heatmap PNGs in --out.
     Inspect(Box<InspectArgs>),
+    /// Evaluate on an MVTec-layout dataset: image/pixel AUROC, AP, F1-max and PRO.
+    Eval(Box<EvalArgs>),
     /// Set a verdict threshold from normal images and write a station config.
     Calibrate(Box<CalibrateArgs>),
 }
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Info { common } => Settings::new(&common, ParamArgs::default()).and_then(|s| cli::info::run(&s)).map(|_| true),
         Command::Inspect(args) => cli::inspect::run(*args),
+        Command::Eval(args) => cli::eval::run(*args),
         Command::Calibrate(args) => cli::calibrate::run(*args),
     };
     match result {

@@ -1,6 +1,7 @@
 //! The `glad` subcommands: argument parsing and wiring only.
 
 pub mod calibrate;
+pub mod eval;
 pub mod info;
 pub mod inspect;
 

@@ -21,11 +21,7 @@ pub fn anomaly_maps<M: Models>(models: &mut M, p: &Params, x: ArrayView4<'_, f32
     ensure!(rec.shape()[0] == b, "reconstruction batch {} differs from the input batch {b}", rec.shape()[0]);
     let s = p.backbone_resolution;
     // 1. Resize to S (bilinear, align_corners), (v+1)/2, ImageNet-normalise.
-    let prep = |img: ndarray::ArrayView3<'_, f32>| {
-        let mut r = resize_image_align_corners(img, s);
-        imagenet_normalise(&mut r);
-        r
-    };
+    let prep = |img| backbone_input(img, s);
     let xs: Vec<Array3<f32>> = x.axis_iter(Axis(0)).map(prep).collect();
     let rs: Vec<Array3<f32>> = rec.axis_iter(Axis(0)).map(prep).collect();
     let mut both = Array4::<f32>::zeros((2 * b, 3, s, s));
@@ -41,16 +37,11 @@ pub fn anomaly_maps<M: Models>(models: &mut M, p: &Params, x: ArrayView4<'_, f32
         let (tx, tr) = (&tokens[i], &tokens[b + i]);
         let mut map = Array2::<f32>::zeros((s, s));
         for (px, pr) in tx.iter().zip(tr) {
-            let mut add = |values: Vec<f32>, grid: (usize, usize)| -> Result<()> {
-                let g = Array2::from_shape_vec(grid, values)?;
-                map += &resize_align_corners(g.view(), s, s);
-                Ok(())
-            };
             // m1[i] = min_j (1 - <Px_i, Prec_j>)
-            add(min_cosine_distance(px, pr), px.grid)?;
+            add_layer(&mut map, min_cosine_distance(px, pr), px.grid)?;
             // 3. symmetric term m2[j] = min_i (1 - <Px_i, Prec_j>)
             if p.symmetric {
-                add(min_cosine_distance(pr, px), pr.grid)?;
+                add_layer(&mut map, min_cosine_distance(pr, px), pr.grid)?;
             }
         }
         // 4. pixel term, with per-image maxima (the reference takes them over the test batch).
@@ -63,15 +54,34 @@ pub fn anomaly_maps<M: Models>(models: &mut M, p: &Params, x: ArrayView4<'_, f32
                 map.zip_mut_with(&d, |m, &d| *m += k * d);
             }
         }
-        // 5. Gaussian blur; 6. object mask.
-        let mut map = gaussian_blur(&map, p.blur_sigma);
-        let x_s = resize_image_align_corners(x.index_axis(Axis(0), i), s);
-        if let Some(mask) = object_mask(x_s.view(), p.object_mask, p.blur_sigma) {
-            map *= &mask;
-        }
-        // 7. image score = mean of the top-K values.
-        let score = top_k_mean(map.as_slice().expect("standard layout"), p.top_k);
-        out.push(AnomalyMap { map, score });
+        out.push(finish(map, x.index_axis(Axis(0), i), p));
     }
     Ok(out)
+}
+
+/// Upsamples one layer's per-patch values (bilinear, align_corners) onto the map and adds them.
+pub fn add_layer(map: &mut Array2<f32>, values: Vec<f32>, grid: (usize, usize)) -> Result<()> {
+    let g = Array2::from_shape_vec(grid, values)?;
+    let (h, w) = map.dim();
+    *map += &resize_align_corners(g.view(), h, w);
+    Ok(())
+}
+
+/// Steps 5-7: Gaussian blur, object mask (from the input `x`, `[3,R,R]` in [-1,1]), top-K mean.
+pub fn finish(map: Array2<f32>, x: ndarray::ArrayView3<'_, f32>, p: &Params) -> AnomalyMap {
+    let s = map.dim().0;
+    let mut map = gaussian_blur(&map, p.blur_sigma);
+    if let Some(mask) = object_mask(resize_image_align_corners(x, s).view(), p.object_mask, p.blur_sigma) {
+        map *= &mask;
+    }
+    let score = top_k_mean(map.as_slice().expect("standard layout"), p.top_k);
+    AnomalyMap { map, score }
+}
+
+/// Step 1: an image `[3,R,R]` in [-1,1] resized to `S` (bilinear, align_corners), mapped to
+/// [0,1] and ImageNet-normalised: what the final-map backbone sees.
+pub fn backbone_input(img: ndarray::ArrayView3<'_, f32>, s: usize) -> Array3<f32> {
+    let mut r = resize_image_align_corners(img, s);
+    imagenet_normalise(&mut r);
+    r
 }
