@@ -7,15 +7,23 @@ use anyhow::{Context, Result};
 use image::{imageops::FilterType, DynamicImage, Rgb, RgbImage};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
-/// Decodes `path` and converts it to 8-bit RGB explicitly: grayscale is replicated, alpha is
-/// dropped (not composited, as PIL's `convert("RGB")`), 16-bit channels are scaled to 8 bits.
+/// Decodes `path`, applies its EXIF orientation and converts it to 8-bit RGB explicitly:
+/// grayscale and palettes are expanded, alpha is dropped (not composited, as PIL's
+/// `convert("RGB")`), 16-bit channels are scaled to 8 bits (`round(v / 257)`; PIL would clamp
+/// them at 255, which destroys a 16-bit image).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let img = image::ImageReader::open(path)
+    use image::ImageDecoder;
+    let bad = |e: image::ImageError| anyhow::anyhow!("{}: cannot decode image: {e}", path.display());
+    let mut decoder = image::ImageReader::open(path)
         .with_context(|| format!("{}: cannot open", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("{}: cannot read", path.display()))?
-        .decode()
-        .map_err(|e| anyhow::anyhow!("{}: cannot decode image: {e}", path.display()))?;
+        .into_decoder()
+        .map_err(bad)?;
+    // EXIF orientation first, as the reference's `ImageOps.exif_transpose`.
+    let orientation = decoder.orientation().map_err(bad)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
     Ok(to_rgb(img))
 }
 
