@@ -1,0 +1,86 @@
+//! `glad eval` on the bundled texture set with the tiny bundle: all seven metrics in [0, 1],
+//! metrics.json, per_image.csv and the gallery; a missing mask and an unreadable image are
+//! reported, not fatal. Also the feature-only baseline.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn copy_dir(from: &Path, to: &Path, take: usize) {
+    std::fs::create_dir_all(to).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(from).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files.into_iter().take(take) {
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// A small copy of data/textures/brick: 3 good, 3 scratch, 2 hole test images.
+fn small_dataset(root: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/textures/brick");
+    let dst = root.join("ds/brick");
+    copy_dir(&src.join("train/good"), &dst.join("train/good"), 6);
+    copy_dir(&src.join("test/good"), &dst.join("test/good"), 3);
+    for d in ["scratch", "hole"] {
+        let n = if d == "scratch" { 3 } else { 2 };
+        copy_dir(&src.join("test").join(d), &dst.join("test").join(d), n);
+        copy_dir(&src.join("ground_truth").join(d), &dst.join("ground_truth").join(d), n);
+    }
+    root.join("ds")
+}
+
+fn eval(ds: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_glad"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "warn")
+        .args(["eval", "--dataset"])
+        .arg(ds)
+        .args(["--class", "all", "--bundle", "onnx/tiny", "--steps", "3", "--batch", "4", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn check_metrics(out: &Path, images: u64) {
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let brick = &m[0];
+    assert_eq!(brick["class"], "brick");
+    assert_eq!(brick["images"].as_u64(), Some(images));
+    for k in ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pro"] {
+        let v = brick["metrics"][k].as_f64().unwrap_or_else(|| panic!("{k} missing: {m}"));
+        assert!((0.0..=1.0).contains(&v), "{k} = {v}");
+    }
+    let csv = std::fs::read_to_string(out.join("per_image.csv")).unwrap();
+    assert_eq!(csv.lines().next(), Some("class,path,defect,label,score,adp_step"));
+    assert_eq!(csv.lines().count() as u64, images + 1);
+    let gallery = std::fs::read_dir(out.join("gallery/brick")).unwrap().count() as u64;
+    assert_eq!(gallery, images);
+}
+
+#[test]
+fn eval_reports_seven_metrics_and_survives_bad_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_dataset(tmp.path());
+    // A missing mask and an unreadable image.
+    std::fs::remove_file(ds.join("brick/ground_truth/hole/001_mask.png")).unwrap();
+    std::fs::write(ds.join("brick/test/scratch/999.png"), b"garbage").unwrap();
+    let out = tmp.path().join("out");
+    let o = eval(&ds, &out, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("I-AUROC") && stdout.contains("PRO") && stdout.contains("brick"), "{stdout}");
+    assert!(stderr.contains("hole/001.png") && stderr.contains("no ground-truth mask"), "{stderr}");
+    assert!(stderr.contains("999.png") && stderr.contains("1 images failed"), "{stderr}");
+    check_metrics(&out, 8);
+}
+
+#[test]
+fn feature_baseline_scores_the_same_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_dataset(tmp.path());
+    let out = tmp.path().join("base");
+    let o = eval(&ds, &out, &["--baseline"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    check_metrics(&out, 8);
+}
