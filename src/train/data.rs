@@ -44,7 +44,12 @@ pub struct Dataset {
     pub images: Vec<RgbImage>,
     /// Visiting order of the epoch last asked for.
     order: RefCell<Option<(u64, Vec<usize>)>>,
+    /// VAE latent distributions `(mean, std)` per image, and the bundle they came from.
+    pub(crate) encoded: RefCell<Option<(PathBuf, Vec<LatentDist>)>>,
 }
+
+/// `(mean, std)` of an image's latent, `[C, h, w]` each, before scaling.
+pub type LatentDist = (ndarray::Array3<f32>, ndarray::Array3<f32>);
 
 impl Dataset {
     /// Decodes every image under `dir` (recursively; png, jpg, jpeg, bmp, tif, tiff) and resizes it to `r`.
@@ -57,13 +62,13 @@ impl Dataset {
             bail!("{}: no images (png, jpg, jpeg, bmp, tif, tiff) found", dir.display());
         }
         let images = paths.iter().map(|p| imaging::load_rgb(p).map(|i| imaging::resize(&i, r))).collect::<Result<Vec<_>>>()?;
-        Ok(Dataset { dir: dir.to_path_buf(), paths, images, order: RefCell::new(None) })
+        Ok(Dataset { dir: dir.to_path_buf(), paths, images, order: RefCell::new(None), encoded: RefCell::new(None) })
     }
 
     /// In-memory images (tests, benches).
     pub fn from_images(images: Vec<RgbImage>) -> Dataset {
         let paths = (0..images.len()).map(|i| PathBuf::from(format!("<memory {i}>"))).collect();
-        Dataset { dir: PathBuf::from("<memory>"), paths, images, order: RefCell::new(None) }
+        Dataset { dir: PathBuf::from("<memory>"), paths, images, order: RefCell::new(None), encoded: RefCell::new(None) }
     }
 
     pub fn len(&self) -> usize {

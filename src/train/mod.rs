@@ -259,33 +259,84 @@ impl Trainer {
         Ok(RunState { step: ck.header.step, weights, adam })
     }
 
+    /// The latent distributions of every image of `data` (cached in `data`): the encoder is
+    /// deterministic, so a normal image is encoded once, in chunks of the batch size in dataset
+    /// order (the same chunks in every run, so a resumed run sees the same bits).
+    fn ensure_encoded(&mut self, data: &Dataset) -> Result<()> {
+        if data.encoded.borrow().as_ref().is_some_and(|(dir, _)| dir == &self.bundle.dir) {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let r = self.bundle.manifest.resolution;
+        let mut dists = Vec::with_capacity(data.len());
+        let mut models = OnnxModels::new(&mut self.bundle);
+        for chunk in (0..data.len()).collect::<Vec<_>>().chunks(self.batch) {
+            let mut x = Array4::<f32>::zeros((chunk.len(), 3, r, r));
+            for (i, &k) in chunk.iter().enumerate() {
+                x.slice_mut(s![i, .., .., ..]).assign(&imaging::preprocess(&data.images[k], r));
+            }
+            let (mean, std) = models.encode(x.view())?;
+            for i in 0..chunk.len() {
+                dists.push((mean.slice(s![i, .., .., ..]).to_owned(), std.slice(s![i, .., .., ..]).to_owned()));
+            }
+        }
+        tracing::info!(images = data.len(), seconds = t0.elapsed().as_secs_f64(), "normal images encoded");
+        *data.encoded.borrow_mut() = Some((self.bundle.dir.clone(), dists));
+        Ok(())
+    }
+
     /// The ATP batch of data step `data_step`: images, their anomalies, latents, timesteps,
     /// noise and targets. A function of `(seed, data_step)` and the data.
     pub fn prepare(&mut self, data: &Dataset, textures: Option<&dyn TextureSource>, seed: u64, data_step: u64) -> Result<PreparedBatch> {
+        self.ensure_encoded(data)?;
+        let t0 = Instant::now();
         let b = self.batch;
         let r = self.bundle.manifest.resolution;
-        // 1. images and their synthetic anomalies
+        // 1. images and their synthetic anomalies; only the anomalous ones need the encoder
         let idx = data.batch_indices(seed, data_step, b);
-        let mut images = Array4::<f32>::zeros((2 * b, 3, r, r));
-        let mut anomalous = 0;
+        let mut fresh: Vec<(usize, Array3<f32>)> = Vec::new();
         for (i, &k) in idx.iter().enumerate() {
             let img = &data.images[k];
             let mut rng = data::rng_for(seed, data::Purpose::Sample, data_step * b as u64 + i as u64);
             let syn = synth::synthesize(img, textures, None, &mut rng).with_context(|| format!("{}", data.paths[k].display()))?;
-            anomalous += syn.anomalous as usize;
-            images.slice_mut(s![i, .., .., ..]).assign(&imaging::preprocess(img, r));
-            images.slice_mut(s![b + i, .., .., ..]).assign(&syn.image);
+            if syn.anomalous {
+                fresh.push((i, syn.image));
+            }
         }
-        // 2.-5. latents, timestep, noise, target
+        let t_synth = t0.elapsed();
+        // 2. latent distributions of [x; xa]: cached for x and for a normal xa (= x), encoded for the rest
+        let (c, h) = self.bundle.latent_shape();
+        let mut mean = Array4::<f32>::zeros((2 * b, c, h, h));
+        let mut std = Array4::<f32>::zeros((2 * b, c, h, h));
+        {
+            let cache = data.encoded.borrow();
+            let dists = &cache.as_ref().expect("encoded above").1;
+            for (i, &k) in idx.iter().enumerate() {
+                for j in [i, b + i] {
+                    mean.slice_mut(s![j, .., .., ..]).assign(&dists[k].0);
+                    std.slice_mut(s![j, .., .., ..]).assign(&dists[k].1);
+                }
+            }
+        }
+        let mut models = OnnxModels::new(&mut self.bundle);
+        if !fresh.is_empty() {
+            let mut xa = Array4::<f32>::zeros((fresh.len(), 3, r, r));
+            for (j, (_, img)) in fresh.iter().enumerate() {
+                xa.slice_mut(s![j, .., .., ..]).assign(img);
+            }
+            let (m, sd) = models.encode(xa.view())?;
+            for (j, (i, _)) in fresh.iter().enumerate() {
+                mean.slice_mut(s![b + i, .., .., ..]).assign(&m.slice(s![j, .., .., ..]));
+                std.slice_mut(s![b + i, .., .., ..]).assign(&sd.slice(s![j, .., .., ..]));
+            }
+        }
+        // 3.-5. sampled latents, timestep, noise, target
         let mut rng = data::rng_for(seed, data::Purpose::Step, data_step);
-        let z = {
-            let mut models = OnnxModels::new(&mut self.bundle);
-            let (mean, std) = models.encode(images.view())?;
-            atp::sample_latent(mean.view(), std.view(), models.scaling_factor(), &mut rng)
-        };
+        let z = atp::sample_latent(mean.view(), std.view(), models.scaling_factor(), &mut rng);
         let (zn, za) = z.view().split_at(Axis(0), b);
         let atp = atp::draw(zn, za, &self.ab, &mut rng)?;
-        Ok(PreparedBatch { atp, anomalous, images: idx })
+        tracing::debug!(synthesis_ms = t_synth.as_secs_f64() * 1e3, total_ms = t0.elapsed().as_secs_f64() * 1e3, "batch prepared");
+        Ok(PreparedBatch { atp, anomalous: fresh.len(), images: idx })
     }
 
     /// The `cond` embedding repeated over the batch (the UNet's context input), if any.
