@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--case", default=os.path.join(ROOT, "tests/golden/parity/adp_threshold"))
     ap.add_argument("--images", type=int, default=6, help="images to time (the case's images, repeated)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads, both sides")
+    ap.add_argument("--batch", type=int, default=1, help="images per engine call, both sides")
     ap.add_argument("--glad", default=os.path.join(ROOT, "target/release/glad"))
     a = ap.parse_args()
 
@@ -58,19 +59,21 @@ def main():
     params = dict(case)
     params["object_mask"] = "ones"
 
-    # Python reference, one image per call (sessions created once, outside the timing).
+    # Python reference, `batch` images per call (sessions created once, outside the timing).
     bd = glad_reference.Bundle(a.bundle, a.threads)
     glad_reference.inspect(a.bundle, images[:1], vae[:1], eps[:1], params, bundle=bd)  # warm-up
     py_ms, py_steps = [], []
-    for k in range(a.images):
+    for k in range(0, a.images, a.batch):
+        sl = slice(k, min(k + a.batch, a.images))
         t0 = time.perf_counter()
-        out = glad_reference.inspect(a.bundle, images[k:k + 1], vae[k:k + 1], eps[k:k + 1], params, bundle=bd)
-        py_ms.append((time.perf_counter() - t0) * 1e3)
-        py_steps.append(int(out["adp_step"][0]))
+        out = glad_reference.inspect(a.bundle, images[sl], vae[sl], eps[sl], params, bundle=bd)
+        n = sl.stop - sl.start
+        py_ms += [(time.perf_counter() - t0) * 1e3 / n] * n
+        py_steps += [int(s) for s in out["adp_step"]]
 
-    # Rust runtime, batch 1 (its JSON lines carry the engine time per image).
+    # Rust runtime (its JSON lines carry the engine time per image: the batch's share).
     cmd = [a.glad, "inspect", *files, "--bundle", a.bundle, "--noise-dir", noise_dir, "--threads", str(a.threads),
-           "--batch", "1", "--tau", str(case["tau"]), "--denoise-step", str(case["denoise_step"]),
+           "--batch", str(a.batch), "--tau", str(case["tau"]), "--denoise-step", str(case["denoise_step"]),
            "--steps", str(case["steps"]), "--latent", "sample", "--out", os.path.join(tmp, "out")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, RUST_LOG="warn"))
     if r.returncode != 0:
@@ -78,13 +81,16 @@ def main():
     lines = [json.loads(l) for l in r.stdout.splitlines()]
     rs_ms = [l["times_ms"]["engine_ms"] for l in lines]
     rs_ort = [l["times_ms"]["onnxruntime_ms"] for l in lines]
+    order = sorted(range(len(lines)), key=lambda i: lines[i]["path"])  # workers may finish out of order
+    lines = [lines[i] for i in order]
+    rs_ms = [l["times_ms"]["engine_ms"] for l in lines]
+    rs_ort = [l["times_ms"]["onnxruntime_ms"] for l in lines]
     rs_steps = [l["adp_step"] for l in lines]
     if rs_steps != py_steps:
         sys.exit(f"adp_step differs: rust {rs_steps} python {py_steps}")
-    # The first Rust image includes ONNX Runtime's first-run allocations, like the Python warm-up.
-    py, rs = float(np.mean(py_ms)), float(np.mean(rs_ms[1:] if len(rs_ms) > 1 else rs_ms))
-    outside = 1 - sum(rs_ort[1:]) / sum(rs_ms[1:]) if len(rs_ms) > 1 else 1 - rs_ort[0] / rs_ms[0]
-    print(f"images {a.images}, threads {a.threads}, bundle {os.path.relpath(a.bundle, ROOT)}, adp_steps {rs_steps}")
+    py, rs = float(np.mean(py_ms)), float(np.mean(rs_ms))
+    outside = 1 - sum(rs_ort) / sum(rs_ms)
+    print(f"images {a.images}, batch {a.batch}, threads {a.threads}, bundle {os.path.relpath(a.bundle, ROOT)}, adp_steps {rs_steps}")
     print(f"python reference  {py:9.1f} ms/image")
     print(f"rust runtime      {rs:9.1f} ms/image")
     print(f"ratio             {py / rs:9.2f}x  (python / rust)")

@@ -62,8 +62,7 @@ impl Model {
             bail!("{role}: model file {} does not exist", path.display());
         }
         let env = super::environment(library, threads)?;
-        let mut builder =
-            Session::builder(env).map_err(ort_err)?.with_optimization_level(GraphOptimizationLevel::Level3).map_err(ort_err)?;
+        let mut builder = Session::builder(env).map_err(ort_err)?.with_optimization_level(GraphOptimizationLevel::All).map_err(ort_err)?;
         let provider = providers::register(providers_cfg, &mut builder, role, path)?;
         let session = builder.commit_from_file(path).map_err(|e| anyhow!("{role}: cannot load {}: {e}", path.display()))?;
         let spec = |o: &ort::value::Outlet| TensorSpec {
