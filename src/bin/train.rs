@@ -13,7 +13,7 @@ use glad_edge::train::{AdamWConfig, TrainOptions, Trainer};
 /// Train a bundle's UNet with GLAD's ATP (anomaly synthesis + the ATP target) and write a
 /// trained copy of the bundle.
 #[derive(Parser, Debug)]
-#[command(name = "train", version, about, long_about = None)]
+#[command(name = "train", version)]
 struct Args {
     /// Input bundle folder (onnx/<name>) with train/train.yaml (scripts/export_train_graph.py).
     #[arg(long, short = 'b', value_name = "DIR")]
