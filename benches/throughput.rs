@@ -89,7 +89,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline_4_images");
     g.sample_size(10).measurement_time(Duration::from_secs(30)).warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(files.len() as u64));
-    let mut engines = vec![eng, engine()];
+    let mut engines = [eng, engine()];
     for (name, pipelined, workers) in [("sequential", false, 1), ("pipelined_1_worker", true, 1), ("pipelined_2_workers", true, 2)] {
         g.bench_function(name, |bench| {
             bench.iter(|| {

@@ -158,12 +158,22 @@ fn required_cuda_fails_and_preferred_cuda_falls_back_with_a_warning() {
 }
 
 #[test]
-fn engine_cache_is_keyed_by_content() {
+fn engine_cache_is_keyed_by_content_and_external_weights() {
     let d = tempfile::tempdir().unwrap();
-    let a = glad_edge::runtime::engine_cache_dir(d.path(), &root().join("onnx/tiny/unet.onnx")).unwrap();
-    let b = glad_edge::runtime::engine_cache_dir(d.path(), &root().join("onnx/tiny/vae_decoder.onnx")).unwrap();
+    let cache = d.path().join("cache");
+    let tiny = root().join("onnx/tiny");
+    let a = glad_edge::runtime::engine_cache_dir(&cache, &tiny.join("unet.onnx")).unwrap();
+    let b = glad_edge::runtime::engine_cache_dir(&cache, &tiny.join("vae_decoder.onnx")).unwrap();
     assert_ne!(a, b);
-    let copy = d.path().join("same.onnx");
-    std::fs::copy(root().join("onnx/tiny/unet.onnx"), &copy).unwrap();
-    assert_eq!(glad_edge::runtime::engine_cache_dir(d.path(), &copy).unwrap(), a);
+    // A copy with the same graph and weights shares the engine...
+    let copy = d.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(tiny.join("unet.onnx"), copy.join("unet.onnx")).unwrap();
+    std::fs::copy(tiny.join("unet.weights.bin"), copy.join("unet.weights.bin")).unwrap();
+    assert_eq!(glad_edge::runtime::engine_cache_dir(&cache, &copy.join("unet.onnx")).unwrap(), a);
+    // ...a trained one (same unet.onnx, other weights) does not.
+    let mut w = std::fs::read(copy.join("unet.weights.bin")).unwrap();
+    w[0] ^= 1;
+    std::fs::write(copy.join("unet.weights.bin"), w).unwrap();
+    assert_ne!(glad_edge::runtime::engine_cache_dir(&cache, &copy.join("unet.onnx")).unwrap(), a);
 }

@@ -144,21 +144,34 @@ fn register_one(
     }
 }
 
-/// `<cache_dir>/<first 16 hex digits of the model file's SHA-256>`: one engine folder per
-/// distinct weight file.
+/// `<cache_dir>/<first 16 hex digits of a SHA-256>` over the model file and its external
+/// weight files (siblings named `<stem>.*`, e.g. `unet.weights.bin`): a trained bundle shares
+/// `unet.onnx` byte for byte with its base and differs only in the weights file.
 pub fn engine_cache_dir(cache_dir: &Path, model_path: &Path) -> Result<PathBuf> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut f = std::fs::File::open(model_path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read for the engine-cache hash: {e}", model_path.display()))?;
+    let mut files = vec![model_path.to_path_buf()];
+    if let (Some(dir), Some(stem)) = (model_path.parent(), model_path.file_stem().and_then(|s| s.to_str())) {
+        let prefix = format!("{stem}.");
+        let mut extra: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        extra.retain(|p| p != model_path && p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)));
+        extra.sort();
+        files.extend(extra);
+    }
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+    for file in &files {
+        let mut f =
+            std::fs::File::open(file).map_err(|e| anyhow::anyhow!("{}: cannot read for the engine-cache hash: {e}", file.display()))?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
         }
-        hasher.update(&buf[..n]);
     }
     let digest = hasher.finalize();
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
