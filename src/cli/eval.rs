@@ -13,7 +13,7 @@ use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::OnnxModels;
 use crate::eval::baseline::FeatureBank;
-use crate::eval::dataset::{self, TestSet};
+use crate::eval::dataset::{self, Sample, TestSet};
 use crate::eval::metrics;
 use crate::imaging;
 use crate::pipeline::{self, Inspected};
@@ -124,25 +124,18 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or("   -  ".into(), |v| format!("{v:.4}"))
 }
 
+fn print_row(name: &str, images: &str, v: &[Option<f64>]) {
+    let cells: Vec<String> = v.iter().map(|&x| format!("{:>7}", fmt(x))).collect();
+    println!("{name:<14} {images:>6} {}", cells.join(" "));
+}
+
 pub fn print_table(results: &[ClassResult]) {
     println!(
         "{:<14} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
         "class", "images", "I-AUROC", "I-AP", "I-F1", "P-AUROC", "P-AP", "P-F1", "PRO"
     );
     for r in results {
-        let v = r.metrics.values();
-        println!(
-            "{:<14} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
-            r.class,
-            r.images,
-            fmt(v[0]),
-            fmt(v[1]),
-            fmt(v[2]),
-            fmt(v[3]),
-            fmt(v[4]),
-            fmt(v[5]),
-            fmt(v[6])
-        );
+        print_row(&r.class, &r.images.to_string(), &r.metrics.values());
     }
     if results.len() > 1 {
         let mean: Vec<Option<f64>> = (0..7)
@@ -151,19 +144,15 @@ pub fn print_table(results: &[ClassResult]) {
                 (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
             })
             .collect();
-        println!(
-            "{:<14} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
-            "mean",
-            "",
-            fmt(mean[0]),
-            fmt(mean[1]),
-            fmt(mean[2]),
-            fmt(mean[3]),
-            fmt(mean[4]),
-            fmt(mean[5]),
-            fmt(mean[6])
-        );
+        print_row("mean", "", &mean);
     }
+}
+
+/// `gallery/<class>/<defect>_<name>.png`: the heatmap over the image, colours spanning the map's range.
+fn save_gallery(gallery: &Path, sample: &Sample, img: &image::RgbImage, map: &Array2<f32>) -> Result<()> {
+    let (lo, hi) = imaging::heat_range(map, None);
+    let name = format!("{}_{}.png", sample.defect, super::inspect::output_stem(Path::new(sample.path.file_name().unwrap_or_default())));
+    imaging::save_png(&imaging::heatmap_overlay(img, map.view(), lo, hi), &gallery.join(name))
 }
 
 /// Inspects one class's test set; images that fail are reported and left out.
@@ -185,10 +174,7 @@ fn run_class(settings: &Settings, set: &TestSet, batch: usize, gallery: &Path, f
             }
             let mask = sample.mask.as_deref().map(|m| load_mask(m, s)).transpose()?;
             let img = item.image.as_ref().expect("inspected images were decoded");
-            let (lo, hi) = imaging::heat_range(&insp.map, None);
-            let name =
-                format!("{}_{}.png", sample.defect, super::inspect::output_stem(Path::new(item.path.file_name().unwrap_or_default())));
-            imaging::save_png(&imaging::heatmap_overlay(img, insp.map.view(), lo, hi), &gallery.join(name))?;
+            save_gallery(gallery, sample, img, &insp.map)?;
             Ok(Scored {
                 path: item.path.clone(),
                 defect: sample.defect.clone(),
@@ -253,10 +239,7 @@ fn run_baseline(
             x.index_axis_mut(Axis(0), i).assign(t);
         }
         for ((sample, _, img, mask), m) in ok.into_iter().zip(bank.maps(&mut models, &params, x.view())?) {
-            let (lo, hi) = imaging::heat_range(&m.map, None);
-            let name =
-                format!("{}_{}.png", sample.defect, super::inspect::output_stem(Path::new(sample.path.file_name().unwrap_or_default())));
-            imaging::save_png(&imaging::heatmap_overlay(&img, m.map.view(), lo, hi), &gallery.join(name))?;
+            save_gallery(gallery, sample, &img, &m.map)?;
             scored.push(Scored {
                 path: sample.path.clone(),
                 defect: sample.defect.clone(),

@@ -90,28 +90,23 @@ pub fn gaussian_blur(map: &Array2<f32>, sigma: f32) -> Array2<f32> {
         return map.clone();
     }
     let k = gaussian_kernel(sigma);
+    // Each pass filters along rows and writes its result transposed, so the second pass
+    // filters the columns and transposes back.
+    convolve_rows_transposed(&convolve_rows_transposed(map, &k), &k)
+}
+
+/// 1-D convolution of every row with `k` (reflect border), returned transposed.
+fn convolve_rows_transposed(src: &Array2<f32>, k: &[f32]) -> Array2<f32> {
     let r = (k.len() / 2) as i64;
-    let (h, w) = map.dim();
-    let mut tmp = Array2::<f32>::zeros((h, w));
-    for y in 0..h {
-        let row = map.row(y);
+    let (h, w) = src.dim();
+    let mut out = Array2::<f32>::zeros((w, h));
+    for (y, row) in src.rows().into_iter().enumerate() {
         for x in 0..w {
             let mut acc = 0.0f32;
             for (j, kv) in k.iter().enumerate() {
                 acc += kv * row[reflect(x as i64 + j as i64 - r, w as i64)];
             }
-            tmp[[y, x]] = acc;
-        }
-    }
-    let mut out = Array2::<f32>::zeros((h, w));
-    for x in 0..w {
-        let col = tmp.column(x);
-        for y in 0..h {
-            let mut acc = 0.0f32;
-            for (j, kv) in k.iter().enumerate() {
-                acc += kv * col[reflect(y as i64 + j as i64 - r, h as i64)];
-            }
-            out[[y, x]] = acc;
+            out[[x, y]] = acc;
         }
     }
     out
