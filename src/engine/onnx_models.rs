@@ -68,13 +68,17 @@ impl<'b> OnnxModels<'b> {
         OnnxModels { bundle, times: ModelTimes::default(), context: None }
     }
 
-    fn context(&mut self, b: usize) -> Option<Array3<f32>> {
+    /// Takes the cached `[uncond; cond]` rows for batch `b` out of the cache (built on first
+    /// use); `eps_pair` puts them back after the UNet call instead of copying them every step.
+    fn take_context(&mut self, b: usize) -> Option<Array3<f32>> {
         let (uncond, cond) = self.bundle.prompt.as_ref()?;
-        if self.context.as_ref().map(|c| c.0) != Some(b) {
-            let rows: Vec<_> = std::iter::repeat_n(uncond.view(), b).chain(std::iter::repeat_n(cond.view(), b)).collect();
-            self.context = Some((b, concatenate(Axis(0), &rows).expect("same shapes")));
+        match self.context.take() {
+            Some((n, c)) if n == b => Some(c),
+            _ => {
+                let rows: Vec<_> = std::iter::repeat_n(uncond.view(), b).chain(std::iter::repeat_n(cond.view(), b)).collect();
+                Some(concatenate(Axis(0), &rows).expect("same shapes"))
+            }
         }
-        self.context.as_ref().map(|c| c.1.clone())
     }
 }
 
@@ -109,7 +113,7 @@ impl Models for OnnxModels<'_> {
 
     fn eps_pair(&mut self, z: ArrayView4<'_, f32>, t: i64) -> Result<(Array4<f32>, Array4<f32>)> {
         let b = z.shape()[0];
-        let ctx = self.context(b);
+        let ctx = self.take_context(b);
         let spec = &self.bundle.manifest.models.unet;
         let ts_spec = self.bundle.unet.input(&spec.timestep).expect("validated").clone();
         // With a prompt, one call on [z, z] with [uncond, cond]; without, one call on z.
@@ -136,10 +140,16 @@ impl Models for OnnxModels<'_> {
         if let (Some(name), Some(c)) = (spec.context.as_deref(), ctx.as_ref()) {
             inputs.push((name, Input::F32(c.view().into_dyn())));
         }
-        let out = timed(&mut self.times.unet, || self.bundle.unet.run(&inputs, &[spec.output.as_str()]))?;
+        let out = timed(&mut self.times.unet, || self.bundle.unet.run(&inputs, &[spec.output.as_str()]));
+        drop(inputs);
+        let paired = ctx.is_some();
+        if let Some(c) = ctx {
+            self.context = Some((b, c));
+        }
+        let out = out?;
         let e = to4(out.into_iter().next().expect("1 output"), "unet")?;
         ensure!(e.shape()[0] == n, "unet returned batch {} for {n}", e.shape()[0]);
-        if ctx.is_some() {
+        if paired {
             Ok((e.slice(s![..b, .., .., ..]).to_owned(), e.slice(s![b.., .., .., ..]).to_owned()))
         } else {
             Ok((e.clone(), e))
