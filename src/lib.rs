@@ -14,4 +14,6 @@ pub mod glad;
 pub mod imaging;
 pub mod pipeline;
 pub mod runtime;
+pub mod sinks;
+pub mod station;
 pub mod train;

@@ -15,7 +15,7 @@ use crate::engine::{Engine, Inspection, NoiseSource, StageTimes};
 use crate::imaging;
 
 /// Per-image share of the batch's stage times, plus its own decode/preprocess time.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageTimes {
     pub load_ms: f64,
     pub encode_ms: f64,
