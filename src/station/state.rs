@@ -1,0 +1,199 @@
+//! The shared state of a running station: what the HTTP face, `/readyz`, `/metrics` and the
+//! systemd watchdog read. The station writes it; readers never touch the engine.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::metrics::Metrics;
+use super::trigger::Triggers;
+use crate::sinks::{FrameRecord, FrameResult};
+
+/// One camera as the station sees it.
+#[derive(Debug)]
+pub struct CameraState {
+    pub name: String,
+    /// Waits for triggers (PLC coil, `POST /api/trigger`): idle is not a fault.
+    pub triggered: bool,
+    /// The newest result with its pictures (the live view's `/latest/<camera>.jpg`).
+    pub latest: Mutex<Option<FrameResult>>,
+    /// True while frames arrive; false while the source is reconnecting.
+    pub streaming: AtomicBool,
+    /// A human-readable state: `streaming`, `reconnecting in 2.0 s: ...`.
+    pub status: Mutex<String>,
+}
+
+/// Per-component liveness: each loop beats when it makes progress (a frame, a batch, an
+/// idle wake-up that found nothing to do). A component that stops beating is stuck or dead.
+#[derive(Debug)]
+pub struct Heartbeats {
+    start: Instant,
+    beats: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+impl Heartbeats {
+    fn new() -> Heartbeats {
+        Heartbeats { start: Instant::now(), beats: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Registers a component (beating now) and returns its handle.
+    pub fn register(&self, component: &str) -> Heartbeat {
+        let cell = Arc::new(AtomicU64::new(self.now_ms()));
+        self.beats.lock().expect("heartbeat lock").insert(component.to_string(), cell.clone());
+        Heartbeat { start: self.start, cell }
+    }
+
+    /// Removes a component that ended on purpose (so it does not count as stale).
+    pub fn unregister(&self, component: &str) {
+        self.beats.lock().expect("heartbeat lock").remove(component);
+    }
+
+    /// Components whose last beat is older than `max_age`.
+    pub fn stale(&self, max_age: Duration) -> Vec<String> {
+        let now = self.now_ms();
+        let max = max_age.as_millis() as u64;
+        let beats = self.beats.lock().expect("heartbeat lock");
+        beats.iter().filter(|(_, b)| now.saturating_sub(b.load(Ordering::Relaxed)) > max).map(|(k, _)| k.clone()).collect()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// A component's handle to its heartbeat.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    start: Instant,
+    cell: Arc<AtomicU64>,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.cell.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct StationState {
+    pub cameras: BTreeMap<String, CameraState>,
+    pub triggers: Triggers,
+    pub metrics: Metrics,
+    pub heartbeats: Heartbeats,
+    /// Every model loaded and warmed up.
+    pub ready: AtomicBool,
+    /// Component → reason, for everything working in a degraded way (disk full, broker away).
+    degraded: Mutex<BTreeMap<String, String>>,
+    recent: Mutex<VecDeque<Arc<FrameRecord>>>,
+    recent_cap: usize,
+}
+
+impl StationState {
+    /// `cameras`: (name, triggered). Keeps the newest `recent_cap` records for `/api/results`.
+    pub fn new(cameras: &[(String, bool)], recent_cap: usize) -> StationState {
+        let metrics = Metrics::new();
+        let cams = cameras
+            .iter()
+            .map(|(name, triggered)| {
+                let c = CameraState {
+                    name: name.clone(),
+                    triggered: *triggered,
+                    latest: Mutex::new(None),
+                    streaming: AtomicBool::new(false),
+                    status: Mutex::new("starting".into()),
+                };
+                (name.clone(), c)
+            })
+            .collect();
+        StationState {
+            cameras: cams,
+            triggers: Triggers::new(cameras.iter().map(|c| c.0.clone())),
+            metrics,
+            heartbeats: Heartbeats::new(),
+            ready: AtomicBool::new(false),
+            degraded: Mutex::new(BTreeMap::new()),
+            recent: Mutex::new(VecDeque::new()),
+            recent_cap: recent_cap.max(1),
+        }
+    }
+
+    /// Records a finished frame: the camera's latest result, the recent-records ring.
+    pub fn publish(&self, result: &FrameResult) {
+        let rec = result.record.clone();
+        if let Some(cam) = self.cameras.get(&rec.camera) {
+            *cam.latest.lock().expect("latest lock") = Some(result.clone());
+        }
+        let mut recent = self.recent.lock().expect("recent lock");
+        if recent.len() == self.recent_cap {
+            recent.pop_front();
+        }
+        recent.push_back(rec);
+    }
+
+    /// The newest records, oldest first, filtered by camera and by `seq > since`.
+    pub fn recent(&self, camera: Option<&str>, since: Option<u64>, limit: usize) -> Vec<Arc<FrameRecord>> {
+        let recent = self.recent.lock().expect("recent lock");
+        let mut out: Vec<Arc<FrameRecord>> = recent
+            .iter()
+            .rev()
+            .filter(|r| camera.is_none_or(|c| r.camera == c) && since.is_none_or(|s| r.seq > s))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    pub fn set_camera_status(&self, camera: &str, streaming: bool, status: impl Into<String>) {
+        if let Some(c) = self.cameras.get(camera) {
+            c.streaming.store(streaming, Ordering::Relaxed);
+            *c.status.lock().expect("status lock") = status.into();
+        }
+    }
+
+    /// Marks `component` degraded with `reason`, or healthy again with `None`.
+    pub fn set_degraded(&self, component: &str, reason: Option<String>) {
+        let mut d = self.degraded.lock().expect("degraded lock");
+        let was = d.contains_key(component);
+        match reason {
+            Some(r) => {
+                if !was {
+                    tracing::warn!(component, reason = %r, "degraded");
+                }
+                d.insert(component.to_string(), r);
+            }
+            None => {
+                if was {
+                    tracing::info!(component, "recovered");
+                }
+                d.remove(component);
+            }
+        }
+        self.metrics
+            .degraded
+            .get_or_create(&super::metrics::ComponentLabel { component: component.to_string() })
+            .set(i64::from(d.contains_key(component)));
+    }
+
+    pub fn degraded(&self) -> BTreeMap<String, String> {
+        self.degraded.lock().expect("degraded lock").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_go_stale_and_unregister_removes() {
+        let h = Heartbeats::new();
+        let a = h.register("engine");
+        h.register("cam0");
+        std::thread::sleep(Duration::from_millis(30));
+        a.beat();
+        assert_eq!(h.stale(Duration::from_millis(20)), vec!["cam0".to_string()]);
+        h.unregister("cam0");
+        assert!(h.stale(Duration::from_millis(20)).is_empty());
+    }
+}
