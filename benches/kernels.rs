@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use glad_edge::glad::features::{min_cosine_distance, Tokens};
-use glad_edge::glad::maps::gaussian_blur;
+use glad_edge::glad::maps::{gaussian_blur, Border};
 use glad_edge::glad::schedule::{mix, predict_x0};
 use ndarray::{Array2, Array4, Zip};
 use rand::SeedableRng;
@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     let map = randn2(512, 512, 3);
-    c.bench_function("gaussian_blur_sigma6_512", |b| b.iter(|| gaussian_blur(&map, 6.0)));
+    c.bench_function("gaussian_blur_sigma6_512", |b| b.iter(|| gaussian_blur(&map, 6.0, Border::Reflect).unwrap()));
 }
 
 criterion_group!(benches, bench);

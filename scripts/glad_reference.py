@@ -97,13 +97,22 @@ def imagenet_normalise(x):
     return (((x + F32(1)) / F32(2) - IMAGENET_MEAN) / IMAGENET_STD).astype(F32)
 
 
-def gaussian_blur(m, sigma):
-    """scipy.ndimage.gaussian_filter(m_i, sigma) per image: truncate 4 (radius int(4*sigma+0.5)),
-    normalised float64 kernel, 'reflect' border (d c b a | a b c d = numpy 'symmetric'),
-    rows (axis -2) first then columns, rounded to float32 after each pass as scipy does."""
+def gaussian_blur(m, sigma, border="reflect"):
+    """Separable Gaussian blur of each image of [..., H, W] (GLAD.md, final map step 5): radius
+    int(4*sigma+0.5), normalised float64 kernel, rows (axis -2) first then columns, rounded to
+    float32 after each pass.
+
+    border="reflect" is the final map's rule: kornia's gaussian_blur2d(border_type="reflect"),
+    which pads like torch and numpy.pad(mode="reflect"): the edge sample is NOT repeated
+    (x2 x1 | x0 x1 x2). torch refuses that padding when the side is not above the radius, so
+    such maps are refused here too. border="symmetric" (numpy's name; SciPy calls it
+    "reflect") repeats the edge: the rule of scipy.ndimage.gaussian_filter, which the
+    reference's dataset code uses for the object mask (step 6)."""
     if sigma <= 0:
         return m.astype(F32)
     r = int(4.0 * sigma + 0.5)
+    if border == "reflect" and min(m.shape[-2:]) <= r:
+        raise ValueError(f"map {m.shape[-2:]} is not larger than the blur radius {r} (torch refuses reflect padding)")
     x = np.arange(-r, r + 1, dtype=np.float64)
     k = np.exp(-0.5 * x * x / (sigma * sigma))
     k /= k.sum()
@@ -111,7 +120,7 @@ def gaussian_blur(m, sigma):
     for axis in (-2, -1):
         pad = [(0, 0)] * out.ndim
         pad[axis] = (r, r)
-        p = np.pad(out.astype(np.float64), pad, mode="symmetric")
+        p = np.pad(out.astype(np.float64), pad, mode=border)
         win = np.lib.stride_tricks.sliding_window_view(p, 2 * r + 1, axis=axis)
         out = (win @ k).astype(F32)
     return out
@@ -304,7 +313,7 @@ def anomaly_map(bd, x, rec, p):
         dpx = np.abs(xs - rs).mean(axis=1)
         ratio = amap.reshape(B, -1).max(1) / dpx.reshape(B, -1).max(1)
         amap = (amap + F32(v) * ratio[:, None, None].astype(F32) * dpx).astype(F32)
-    amap = gaussian_blur(amap, float(p.get("blur_sigma", 6.0)))
+    amap = gaussian_blur(amap, float(p.get("blur_sigma", 6.0)), border="reflect")  # kornia's rule
     amap = amap * np.ones_like(amap)  # object mask: all ones (texture classes)
     score = topk_mean(amap.reshape(B, -1), int(p.get("top_k", 250)))
     return amap, score

@@ -6,7 +6,8 @@
 - tests/golden/parity/<case>/: three GLAD cases on the tiny bundle, computed by the
   independent reference scripts/glad_reference.py (numpy + onnxruntime, 1 thread);
 - tests/golden/schedule/: DDIM grids and alpha-bar tables;
-- tests/golden/blur/: a sigma-6 Gaussian blur (scipy 'reflect' border);
+- tests/golden/blur/: sigma-6 Gaussian blurs: the final map's (numpy/torch 'reflect' border, edge
+  not repeated) at 64 and 512 px, and the object mask's (scipy's 'reflect', edge repeated);
 - tests/golden/resize/: a bilinear align_corners=True upsample 16x16 -> 128x128.
 
 The ADP thresholds are chosen from the observed score trajectories (printed) so that every
@@ -199,7 +200,7 @@ def make_blur_resize(blur_dir, resize_dir, seed):
     rng = np.random.default_rng(seed + 1)
     os.makedirs(blur_dir, exist_ok=True)
     m = rng.random((64, 80)).astype(F32)
-    blurred = ref.gaussian_blur(m[None], 6.0)[0]
+    blurred = ref.gaussian_blur(m[None], 6.0, border="symmetric")[0]  # the object mask's rule
     try:  # cross-check with scipy where it is installed (it is not used by the reference)
         from scipy.ndimage import gaussian_filter
         diff = float(np.abs(gaussian_filter(m, 6.0) - blurred).max())
@@ -209,6 +210,20 @@ def make_blur_resize(blur_dir, resize_dir, seed):
         pass
     np.save(f"{blur_dir}/input.npy", m)
     np.save(f"{blur_dir}/sigma6.npy", blurred)
+    # The final map's blur on a closed-form map that the Rust test rebuilds (no input file):
+    # m[y, x] = ((7 y + 13 x) mod 29) / 29 + (y == x), exact in float32.
+    for n in (64, 512):
+        y, x = np.mgrid[0:n, 0:n]
+        cm = (((7 * y + 13 * x) % 29) / 29.0 + (y == x)).astype(F32)
+        rb = ref.gaussian_blur(cm[None], 6.0, border="reflect")[0]
+        np.save(f"{blur_dir}/reflect{n}.npy", rb)
+        try:  # cross-check: SciPy's "mirror" is numpy's "reflect"
+            from scipy.ndimage import gaussian_filter
+            diff = float(np.abs(gaussian_filter(cm, 6.0, mode="mirror") - rb).max())
+            print(f"  reflect blur {n}px vs scipy gaussian_filter(mode='mirror'): max |diff| {diff:.2e}")
+            assert diff < 1e-6
+        except ImportError:
+            pass
     os.makedirs(resize_dir, exist_ok=True)
     a = rng.standard_normal((16, 16)).astype(F32)
     up = ref.resize_ac(a, 128, 128)

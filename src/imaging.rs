@@ -98,6 +98,6 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     img.save(path).map_err(|e| anyhow::anyhow!("{}: cannot write PNG: {e}", path.display()))
 }
 
-pub fn save_npy(a: &Array2<f32>, path: &Path) -> Result<()> {
+pub fn save_npy<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>, path: &Path) -> Result<()> {
     ndarray_npy::write_npy(path, a).map_err(|e| anyhow::anyhow!("{}: cannot write .npy: {e}", path.display()))
 }

@@ -166,3 +166,46 @@ fn calibration_threshold_is_applied_by_inspect() {
     let s = lines[3]["score"].as_f64().unwrap() as f32;
     assert_eq!(lines[3]["verdict"], if s > cal.threshold { "anomalous" } else { "normal" });
 }
+
+/// Issue 16: `--save-reconstruction` writes the raw decoder output as `[3,R,R]` float32 .npy
+/// (equal to the PNG within 8-bit rounding where it is inside [-1,1]), and `--trace-adp` puts
+/// one `[t, score]` per ADP step into the JSON line, ending at `adp_step` with `adp_score`.
+#[test]
+fn raw_reconstruction_and_adp_trace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("part.png");
+    RgbImage::from_fn(128, 128, |x, y| Rgb([(x * 2) as u8, (y * 2) as u8, 90])).save(&img).unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = glad()
+        .arg("inspect")
+        .arg(&img)
+        .arg("--bundle")
+        .arg(tiny())
+        .arg("--out")
+        .arg(&out_dir)
+        .args(["--steps", "6", "--tau", "0.5", "--save-reconstruction", "--trace-adp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = &json_lines(&out.stdout)[0];
+    let raw: ndarray::Array3<f32> = ndarray_npy::read_npy(line["reconstruction_npy"].as_str().unwrap()).unwrap();
+    assert_eq!(raw.shape(), &[3, 128, 128]);
+    let png = image::open(line["reconstruction"].as_str().unwrap()).unwrap().to_rgb8();
+    let (x, y) = (40usize, 70usize);
+    let v = raw[[0, y, x]];
+    if v.abs() < 1.0 {
+        let want = ((v + 1.0) / 2.0 * 255.0).round();
+        assert!(
+            (png.get_pixel(x as u32, y as u32)[0] as f32 - want).abs() <= 1.0,
+            "png {} vs raw {want}",
+            png.get_pixel(x as u32, y as u32)[0]
+        );
+    }
+    let trace = line["adp_trace"].as_array().unwrap();
+    assert!(!trace.is_empty(), "{line}");
+    let steps: Vec<i64> = trace.iter().map(|p| p[0].as_i64().unwrap()).collect();
+    assert!(steps.windows(2).all(|w| w[0] > w[1]), "trace steps descend: {steps:?}");
+    assert_eq!(*steps.last().unwrap(), line["adp_step"].as_i64().unwrap());
+    let last_score = trace.last().unwrap()[1].as_f64().unwrap();
+    assert!((last_score - line["adp_score"].as_f64().unwrap()).abs() < 1e-6);
+}

@@ -84,3 +84,29 @@ fn feature_baseline_scores_the_same_layout() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     check_metrics(&out, 8);
 }
+
+/// Issue 16: `--trace-adp` adds the ADP trace as a last CSV column, `t:score` per step,
+/// the last step equal to the row's adp_step.
+#[test]
+fn eval_writes_the_adp_trace_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_dataset(tmp.path());
+    let out = tmp.path().join("trace");
+    let o = eval(&ds, &out, &["--trace-adp"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(out.join("per_image.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("class,path,defect,label,score,adp_step,adp_trace"));
+    for row in lines {
+        let cells: Vec<&str> = row.split(',').collect();
+        let pairs: Vec<(i64, f64)> = cells[6]
+            .split(';')
+            .map(|p| {
+                let (t, s) = p.split_once(':').unwrap_or_else(|| panic!("bad trace cell in {row}"));
+                (t.parse().unwrap(), s.parse().unwrap())
+            })
+            .collect();
+        assert!(!pairs.is_empty() && pairs.iter().all(|(_, s)| s.is_finite()), "{row}");
+        assert_eq!(pairs.last().unwrap().0.to_string(), cells[5], "{row}");
+    }
+}

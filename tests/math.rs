@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use glad_edge::glad::maps::{gaussian_blur, resize_align_corners};
+use glad_edge::glad::maps::{gaussian_blur, resize_align_corners, Border};
 use glad_edge::glad::schedule::{glad_grid, AlphaBar, BetaSchedule, SchedulerConfig};
 use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
 
@@ -61,14 +61,33 @@ fn glad_grid_matches_reference() {
     assert_eq!(grid[0].ab_prev, ab.at(691));
 }
 
-/// Gaussian blur sigma 6 with the reflect border: max abs diff <= 1e-6 of scipy's.
+/// The object mask's blur (sigma 6, edge repeated): max abs diff <= 1e-6 of
+/// `scipy.ndimage.gaussian_filter`'s default border.
 #[test]
-fn blur_matches_scipy() {
+fn mask_blur_matches_scipy() {
     let input: Array2<f32> = golden("blur/input.npy").into_dimensionality::<Ix2>().unwrap();
     let want: Array2<f32> = golden("blur/sigma6.npy").into_dimensionality::<Ix2>().unwrap();
-    let got = gaussian_blur(&input, 6.0);
+    let got = gaussian_blur(&input, 6.0, Border::Symmetric).unwrap();
     let d = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &v| a.max(v));
     assert!(d <= 1e-6, "max abs diff {d}");
+}
+
+/// The final map's blur (sigma 6, 49 taps, kornia's reflect border = `numpy.pad(mode="reflect")`,
+/// edge not repeated) at 64 and 512 px: max abs diff <= 1e-6 of the numpy golden, on the whole
+/// map and so also on the 24-pixel border where the two rules differ.
+#[test]
+fn final_map_blur_matches_numpy_reflect() {
+    for n in [64usize, 512] {
+        let m = Array2::from_shape_fn((n, n), |(y, x)| ((7 * y + 13 * x) % 29) as f32 / 29.0 + if y == x { 1.0 } else { 0.0 });
+        let want: Array2<f32> = golden(&format!("blur/reflect{n}.npy")).into_dimensionality::<Ix2>().unwrap();
+        let got = gaussian_blur(&m, 6.0, Border::Reflect).unwrap();
+        let d = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &v| a.max(v));
+        assert!(d <= 1e-6, "{n} px: max abs diff {d}");
+        // The edge-repeating rule is measurably different at the border (what issue 16 fixed).
+        let sym = gaussian_blur(&m, 6.0, Border::Symmetric).unwrap();
+        let d_sym = (&sym - &want).mapv(f32::abs).fold(0.0f32, |a, &v| a.max(v));
+        assert!(d_sym > 1e-3, "{n} px: the symmetric border should differ, got {d_sym}");
+    }
 }
 
 /// Bilinear align_corners=True upsampling 16 → 128 of values up to 2.7: max abs diff <= 5e-6

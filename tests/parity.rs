@@ -69,6 +69,19 @@ fn run_case(name: &str) {
         assert!(dm <= 1e-4, "{name} image {i}: map max abs diff {dm}");
         let dr = (&out[i].reconstruction - &rec.index_axis(Axis(0), i)).mapv(f32::abs).fold(0.0f32, |a, &v| a.max(v));
         assert!(dr <= 1e-4, "{name} image {i}: reconstruction max abs diff {dr}");
+        // The ADP trace: one (t, score) per step until the stop, equal to the reference's
+        // trajectory (case.yaml keeps 6 decimals, so within 1e-6 + rounding).
+        let traj = case["adp_trajectory"].as_mapping().unwrap();
+        let want: Vec<(i64, f64)> = traj
+            .iter()
+            .map(|(t, v)| (t.as_i64().unwrap(), v.as_sequence().unwrap()[i].as_f64().unwrap()))
+            .filter(|(t, _)| *t >= adp.step)
+            .collect();
+        assert_eq!(out[i].adp_trace.len(), want.len(), "{name} image {i}: adp_trace length");
+        for (&(t, s), &(wt, ws)) in out[i].adp_trace.iter().zip(&want) {
+            assert_eq!(t, wt, "{name} image {i}: adp_trace step");
+            assert!((s as f64 - ws).abs() <= 2e-6, "{name} image {i}: adp_trace at t={t}: {s} vs {ws}");
+        }
         eprintln!("{name} image {i}: adp_step {} score rel diff {rel:.2e} map {dm:.2e} rec {dr:.2e}", adp.step);
     }
 }

@@ -40,6 +40,9 @@ pub struct EvalArgs {
     /// patch against its nearest patch in <class>/train/good, no diffusion.
     #[arg(long)]
     pub baseline: bool,
+    /// Add an `adp_trace` column to per_image.csv: `t:score` at every ADP step, `;`-separated.
+    #[arg(long)]
+    pub trace_adp: bool,
 }
 
 /// The seven metrics of the paper's table; `None` where undefined (one class only).
@@ -77,8 +80,15 @@ pub struct Scored {
     pub label: bool,
     pub score: f32,
     pub adp_step: Option<i64>,
+    /// `(t, ADP score)` per step (empty for the baseline or with ADP off).
+    pub adp_trace: Vec<(i64, f32)>,
     pub map: Array2<f32>,
     pub mask: Option<Array2<bool>>,
+}
+
+/// An ADP trace as one CSV cell: `t:score` pairs separated by `;` (no commas, no quoting).
+pub fn trace_cell(trace: &[(i64, f32)]) -> String {
+    trace.iter().map(|(t, s)| format!("{t}:{s}")).collect::<Vec<_>>().join(";")
 }
 
 /// Loads a ground-truth mask, resized (nearest) to `side`, `> 127` as defect.
@@ -181,6 +191,7 @@ fn run_class(settings: &Settings, set: &TestSet, batch: usize, gallery: &Path, f
                 label: sample.label,
                 score: insp.score,
                 adp_step: insp.adp.map(|a| a.step),
+                adp_trace: insp.adp_trace.clone(),
                 map: insp.map.clone(),
                 mask,
             })
@@ -246,6 +257,7 @@ fn run_baseline(
                 label: sample.label,
                 score: m.score,
                 adp_step: None,
+                adp_trace: Vec::new(),
                 map: m.map,
                 mask,
             });
@@ -261,7 +273,7 @@ pub fn run(args: EvalArgs) -> Result<bool> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
     let csv_path = args.out.join("per_image.csv");
     let mut csv = std::fs::File::create(&csv_path).with_context(|| format!("{}: cannot create", csv_path.display()))?;
-    writeln!(csv, "class,path,defect,label,score,adp_step")?;
+    writeln!(csv, "class,path,defect,label,score,adp_step{}", if args.trace_adp { ",adp_trace" } else { "" })?;
     let batch = args.batch.unwrap_or(base.config.inspect.batch);
     let mut results = Vec::new();
     let mut all_failures = Vec::new();
@@ -288,12 +300,13 @@ pub fn run(args: EvalArgs) -> Result<bool> {
         for s in &scored {
             writeln!(
                 csv,
-                "{class},{},{},{},{},{}",
+                "{class},{},{},{},{},{}{}",
                 s.path.display(),
                 s.defect,
                 s.label as u8,
                 s.score,
-                s.adp_step.map_or(String::new(), |v| v.to_string())
+                s.adp_step.map_or(String::new(), |v| v.to_string()),
+                if args.trace_adp { format!(",{}", trace_cell(&s.adp_trace)) } else { String::new() }
             )?;
         }
         let metrics = compute_metrics(&scored);

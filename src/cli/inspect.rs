@@ -33,9 +33,14 @@ pub struct InspectArgs {
     /// Verdict threshold; overrides the config's threshold and calibration.
     #[arg(long)]
     pub threshold: Option<f32>,
-    /// Also write the reconstruction as PNG.
+    /// Also write the reconstruction: a PNG (clamped to [-1,1]) and the raw decoder output as
+    /// `.npy` (`[3,R,R]` float32, unclamped).
     #[arg(long)]
     pub save_reconstruction: bool,
+    /// Add `adp_trace: [[t, score], ...]` to each JSON line: the ADP score at every step it was
+    /// computed (what tau and min_step are tuned from).
+    #[arg(long)]
+    pub trace_adp: bool,
     /// Also write the raw anomaly map as .npy.
     #[arg(long)]
     pub save_map: bool,
@@ -123,7 +128,7 @@ pub fn run(args: InspectArgs) -> Result<bool> {
     let out_dir = args.out.clone();
     let stdout = std::io::stdout();
     let sink = |item: Inspected| {
-        let line = match write_outputs(&item, &out_dir, threshold, save_rec, save_map) {
+        let line = match write_outputs(&item, &out_dir, threshold, save_rec, save_map, args.trace_adp) {
             Ok(v) => v,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -150,7 +155,14 @@ pub fn run(args: InspectArgs) -> Result<bool> {
 }
 
 /// Writes an image's files and returns its JSON line; an error means the image failed.
-fn write_outputs(item: &Inspected, out: &Path, threshold: Option<f32>, save_rec: bool, save_map: bool) -> Result<serde_json::Value> {
+fn write_outputs(
+    item: &Inspected,
+    out: &Path,
+    threshold: Option<f32>,
+    save_rec: bool,
+    save_map: bool,
+    trace_adp: bool,
+) -> Result<serde_json::Value> {
     let (insp, times) = match &item.result {
         Ok(v) => v,
         Err(e) => bail!("{e:#}"),
@@ -178,7 +190,13 @@ fn write_outputs(item: &Inspected, out: &Path, threshold: Option<f32>, save_rec:
     if save_rec {
         let p = out.join(format!("{stem}.reconstruction.png"));
         imaging::save_png(&imaging::tensor_to_rgb(insp.reconstruction.view()), &p)?;
+        let raw = out.join(format!("{stem}.reconstruction.npy"));
+        imaging::save_npy(&insp.reconstruction, &raw)?;
         v["reconstruction"] = json!(p);
+        v["reconstruction_npy"] = json!(raw);
+    }
+    if trace_adp {
+        v["adp_trace"] = json!(insp.adp_trace);
     }
     if save_map {
         let p = out.join(format!("{stem}.map.npy"));

@@ -13,6 +13,7 @@ pub use noise::NoiseSource;
 pub use onnx_models::{ModelTimes, OnnxModels};
 
 use crate::bundle::Bundle;
+use crate::glad::maps::blur_radius;
 use crate::glad::reconstruct::{AdpStop, Noise};
 use crate::glad::schedule::AlphaBar;
 use crate::glad::{anomaly_maps, reconstruct, Params};
@@ -34,6 +35,8 @@ pub struct Inspection {
     pub score: f32,
     /// `None` when ADP is off.
     pub adp: Option<AdpStop>,
+    /// `(t, ADP score)` at every step the score was computed.
+    pub adp_trace: Vec<(i64, f32)>,
     /// `[S, S]` anomaly map.
     pub map: Array2<f32>,
     /// `[3, R, R]` reconstruction in about [-1, 1].
@@ -54,6 +57,14 @@ impl Engine {
                 "backbone_resolution {} differs from the bundle's backbone resolution {s} ({}): export the backbone at that size",
                 params.backbone_resolution,
                 bundle.dir.join(&bundle.manifest.models.backbone.file).display()
+            );
+        }
+        let radius = blur_radius(params.blur_sigma);
+        if radius > 0 && s <= radius {
+            bail!(
+                "the anomaly map is {s}x{s} (the backbone resolution), but blur_sigma {} pads {radius} pixels by reflection \
+                 and needs a side above {radius}, as the reference's kornia blur does: lower blur_sigma or export the backbone larger",
+                params.blur_sigma
             );
         }
         let ab = AlphaBar::new(&bundle.manifest.scheduler)?;
@@ -87,9 +98,9 @@ impl Engine {
         let times = StageTimes { models: models.times.clone(), reconstruct: t1 - t0, anomaly_map: t1.elapsed() };
         let out = maps
             .into_iter()
-            .zip(rec.adp)
+            .zip(rec.adp.into_iter().zip(rec.adp_trace))
             .zip(rec.images.axis_iter(Axis(0)))
-            .map(|((m, adp), img)| Inspection { score: m.score, adp, map: m.map, reconstruction: img.to_owned() })
+            .map(|((m, (adp, adp_trace)), img)| Inspection { score: m.score, adp, adp_trace, map: m.map, reconstruction: img.to_owned() })
             .collect();
         Ok((out, times))
     }

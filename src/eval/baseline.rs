@@ -63,7 +63,7 @@ impl FeatureBank {
                 for (t, bank) in layers.iter().zip(&self.layers) {
                     add_layer(&mut map, min_cosine_distance(t, bank), t.grid)?;
                 }
-                Ok(finish(map, x.index_axis(Axis(0), i), p))
+                finish(map, x.index_axis(Axis(0), i), p)
             })
             .collect()
     }

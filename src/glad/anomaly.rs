@@ -4,7 +4,7 @@ use anyhow::{ensure, Result};
 use ndarray::{Array2, Array3, Array4, ArrayView4, Axis};
 
 use super::features::{min_cosine_distance, top_k_mean};
-use super::maps::{gaussian_blur, imagenet_normalise, object_mask, resize_align_corners, resize_image_align_corners};
+use super::maps::{gaussian_blur, imagenet_normalise, object_mask, resize_align_corners, resize_image_align_corners, Border};
 use super::{Models, Params};
 
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub fn anomaly_maps<M: Models>(models: &mut M, p: &Params, x: ArrayView4<'_, f32
                 map.zip_mut_with(&d, |m, &d| *m += k * d);
             }
         }
-        out.push(finish(map, x.index_axis(Axis(0), i), p));
+        out.push(finish(map, x.index_axis(Axis(0), i), p)?);
     }
     Ok(out)
 }
@@ -67,15 +67,16 @@ pub fn add_layer(map: &mut Array2<f32>, values: Vec<f32>, grid: (usize, usize)) 
     Ok(())
 }
 
-/// Steps 5-7: Gaussian blur, object mask (from the input `x`, `[3,R,R]` in [-1,1]), top-K mean.
-pub fn finish(map: Array2<f32>, x: ndarray::ArrayView3<'_, f32>, p: &Params) -> AnomalyMap {
-    let s = map.dim().0;
-    let mut map = gaussian_blur(&map, p.blur_sigma);
-    if let Some(mask) = object_mask(resize_image_align_corners(x, s).view(), p.object_mask, p.blur_sigma) {
-        map *= &mask;
+/// Steps 5-7: Gaussian blur (kornia's reflect border), object mask (made from the input `x`,
+/// `[3,R,R]` in [-1,1], at R, then resized to S), top-K mean.
+pub fn finish(map: Array2<f32>, x: ndarray::ArrayView3<'_, f32>, p: &Params) -> Result<AnomalyMap> {
+    let (h, w) = map.dim();
+    let mut map = gaussian_blur(&map, p.blur_sigma, Border::Reflect)?;
+    if let Some(mask) = object_mask(x, p.object_mask, p.blur_sigma) {
+        map *= &resize_align_corners(mask.view(), h, w);
     }
     let score = top_k_mean(map.as_slice().expect("standard layout"), p.top_k);
-    AnomalyMap { map, score }
+    Ok(AnomalyMap { map, score })
 }
 
 /// Step 1: an image `[3,R,R]` in [-1,1] resized to `S` (bilinear, align_corners), mapped to

@@ -73,39 +73,89 @@ pub fn gaussian_kernel(sigma: f32) -> Vec<f32> {
     k.iter().map(|v| (v / sum) as f32).collect()
 }
 
-/// Index into `[0, n)` with the "reflect" border (d c b a | a b c d | d c b a), as scipy's
-/// `gaussian_filter` default; it repeats for kernels wider than the image.
-fn reflect(i: i64, n: i64) -> usize {
-    let period = 2 * n;
-    let mut r = i.rem_euclid(period);
-    if r >= n {
-        r = period - 1 - r;
-    }
-    r as usize
+/// How a blur pads the map's border. The reference uses two different rules (GLAD.md,
+/// "Final anomaly map and score", steps 5 and 6), so the choice is explicit at every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Border {
+    /// torch / kornia / numpy `reflect`: the edge sample is not repeated (`x2 x1 | x0 x1 x2`).
+    /// The final map's blur (kornia `gaussian_blur2d(border_type="reflect")`). Like torch, it
+    /// needs a map wider than the kernel radius.
+    Reflect,
+    /// SciPy's `reflect` (torch `symmetric`): the edge sample is repeated (`x1 x0 | x0 x1`),
+    /// periodic for kernels wider than the map. The object mask's blurs
+    /// (`scipy.ndimage.gaussian_filter` in the reference's dataset code).
+    Symmetric,
 }
 
-/// Separable Gaussian blur with the reflect border; `sigma <= 0` leaves the map unchanged.
-pub fn gaussian_blur(map: &Array2<f32>, sigma: f32) -> Array2<f32> {
+/// Index into `[0, n)` across the border `b`.
+fn border_index(i: i64, n: i64, b: Border) -> usize {
+    match b {
+        Border::Symmetric => {
+            let period = 2 * n;
+            let mut r = i.rem_euclid(period);
+            if r >= n {
+                r = period - 1 - r;
+            }
+            r as usize
+        }
+        Border::Reflect => {
+            // Callers guarantee the radius is below n (checked in `gaussian_blur`), so one
+            // reflection suffices; n = 1 has no neighbour to reflect to.
+            if n == 1 {
+                return 0;
+            }
+            let period = 2 * (n - 1);
+            let mut r = i.rem_euclid(period);
+            if r >= n {
+                r = period - r;
+            }
+            r as usize
+        }
+    }
+}
+
+/// The radius `int(4*sigma + 0.5)` of the blur kernel (0 when the blur is off).
+pub fn blur_radius(sigma: f32) -> usize {
     if sigma <= 0.0 {
-        return map.clone();
+        0
+    } else {
+        (4.0 * sigma as f64 + 0.5) as usize
+    }
+}
+
+/// Separable Gaussian blur with the given border; `sigma <= 0` leaves the map unchanged.
+/// `Border::Reflect` refuses a map whose side is not larger than the kernel radius, as
+/// torch's reflect padding does (the reference cannot run there).
+pub fn gaussian_blur(map: &Array2<f32>, sigma: f32, border: Border) -> anyhow::Result<Array2<f32>> {
+    if sigma <= 0.0 {
+        return Ok(map.clone());
+    }
+    let r = blur_radius(sigma);
+    let (h, w) = map.dim();
+    if border == Border::Reflect && h.min(w) <= r {
+        anyhow::bail!(
+            "the anomaly map is {h}x{w}, but a blur with sigma {sigma} pads {r} pixels by reflection and needs a side above {r} \
+             (as torch/kornia): use a backbone resolution of at least {} or a smaller blur_sigma",
+            r + 1
+        );
     }
     let k = gaussian_kernel(sigma);
     // Each pass filters along rows and writes its result transposed, so the second pass
     // filters the columns and transposes back.
-    convolve_rows_transposed(&convolve_rows_transposed(map, &k), &k)
+    Ok(convolve_rows_transposed(&convolve_rows_transposed(map, &k, border), &k, border))
 }
 
-/// 1-D convolution of every row with `k` (reflect border), returned transposed. Each row is
-/// copied once into a buffer padded with its reflection, so the inner loop is a plain dot
-/// product the compiler vectorises.
-fn convolve_rows_transposed(src: &Array2<f32>, k: &[f32]) -> Array2<f32> {
+/// 1-D convolution of every row with `k`, returned transposed. Each row is copied once into a
+/// buffer padded across the border, so the inner loop is a plain dot product the compiler
+/// vectorises.
+fn convolve_rows_transposed(src: &Array2<f32>, k: &[f32], border: Border) -> Array2<f32> {
     let r = k.len() / 2;
     let (h, w) = src.dim();
     let mut out = Array2::<f32>::zeros((w, h));
     let mut padded = vec![0.0f32; w + 2 * r];
     for (y, row) in src.rows().into_iter().enumerate() {
         for (i, p) in padded.iter_mut().enumerate() {
-            *p = row[reflect(i as i64 - r as i64, w as i64)];
+            *p = row[border_index(i as i64 - r as i64, w as i64, border)];
         }
         for x in 0..w {
             let window = &padded[x..x + k.len()];
@@ -157,8 +207,11 @@ pub fn otsu_level(gray: &[u8]) -> u8 {
     best
 }
 
-/// The object mask of a `[3, S, S]` image in `[-1, 1]`: grayscale (BT.601 weights), Otsu,
-/// keep one side, blur sigma, `> 0` → 1, blur sigma again. `None` gives `None` (all ones).
+/// The object mask of a `[3, R, R]` image in `[-1, 1]`: grayscale (BT.601 weights), Otsu,
+/// keep one side, blur sigma, `> 0` → 1, blur sigma again, at the image's own resolution.
+/// Both blurs repeat the edge (`Border::Symmetric`): the reference makes this mask in its
+/// dataset code with `scipy.ndimage.gaussian_filter`, not with the final map's kornia blur.
+/// `None` gives `None` (all ones).
 pub fn object_mask(img: ArrayView3<'_, f32>, mode: ObjectMask, sigma: f32) -> Option<Array2<f32>> {
     if mode == ObjectMask::None {
         return None;
@@ -178,8 +231,9 @@ pub fn object_mask(img: ArrayView3<'_, f32>, mode: ObjectMask, sigma: f32) -> Op
         ObjectMask::All | ObjectMask::None => true,
     };
     let mask = Array2::from_shape_fn((h, w), |(y, x)| if keep(gray[y * w + x]) { 1.0 } else { 0.0 });
-    let grown = gaussian_blur(&mask, sigma).mapv(|v| if v > 0.0 { 1.0 } else { 0.0 });
-    Some(gaussian_blur(&grown, sigma))
+    let blur = |m: &Array2<f32>| gaussian_blur(m, sigma, Border::Symmetric).expect("the symmetric border takes any size");
+    let grown = blur(&mask).mapv(|v| if v > 0.0 { 1.0 } else { 0.0 });
+    Some(blur(&grown))
 }
 
 #[cfg(test)]
@@ -194,19 +248,36 @@ mod tests {
     }
 
     #[test]
-    fn reflect_border_repeats_edge() {
-        assert_eq!(reflect(-1, 4), 0);
-        assert_eq!(reflect(-2, 4), 1);
-        assert_eq!(reflect(4, 4), 3);
-        assert_eq!(reflect(5, 4), 2);
-        assert_eq!(reflect(-5, 4), 3);
+    fn symmetric_border_repeats_edge() {
+        let f = |i| border_index(i, 4, Border::Symmetric);
+        assert_eq!([f(-1), f(-2), f(4), f(5), f(-5)], [0, 1, 3, 2, 3]);
+    }
+
+    #[test]
+    fn reflect_border_skips_edge_like_numpy() {
+        // numpy.pad([0,1,2,3], 3, mode="reflect") = [3,2,1, 0,1,2,3, 2,1,0]
+        let f = |i| border_index(i, 4, Border::Reflect);
+        let padded: Vec<usize> = (-3..7).map(f).collect();
+        assert_eq!(padded, vec![3, 2, 1, 0, 1, 2, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn reflect_blur_refuses_maps_not_wider_than_the_radius() {
+        let m = Array2::from_elem((24, 24), 1.0f32);
+        let e = gaussian_blur(&m, 6.0, Border::Reflect).unwrap_err().to_string();
+        assert!(e.contains("24x24") && e.contains("needs a side above 24"), "{e}");
+        assert!(gaussian_blur(&Array2::from_elem((25, 25), 1.0f32), 6.0, Border::Reflect).is_ok());
+        assert!(gaussian_blur(&m, 6.0, Border::Symmetric).is_ok());
     }
 
     #[test]
     fn blur_keeps_constants_and_align_corners_keeps_corners() {
         let m = Array2::from_elem((10, 7), 2.5f32);
-        let b = gaussian_blur(&m, 6.0);
-        assert!(b.iter().all(|v| (v - 2.5).abs() < 1e-5));
+        for border in [Border::Reflect, Border::Symmetric] {
+            let b = gaussian_blur(&Array2::from_elem((30, 27), 2.5f32), 6.0, border).unwrap();
+            assert!(b.iter().all(|v| (v - 2.5).abs() < 1e-5));
+        }
+        let _ = m;
         let src = ndarray::array![[0.0f32, 1.0], [2.0, 3.0]];
         let r = resize_align_corners(src.view(), 3, 5);
         assert_eq!(r[[0, 0]], 0.0);

@@ -34,6 +34,9 @@ pub struct Reconstruction {
     pub images: Array4<f32>,
     /// Per sample; `None` when ADP is off (`tau = 0`).
     pub adp: Vec<Option<AdpStop>>,
+    /// Per sample, `(t, ADP score)` at every step where its score was computed (empty when
+    /// ADP is off): what `tau` and `min_step` are tuned from.
+    pub adp_trace: Vec<Vec<(i64, f32)>>,
     /// The input latents `z0` (scaled), kept for diagnostics.
     pub z0: Array4<f32>,
 }
@@ -71,6 +74,7 @@ pub fn reconstruct<M: Models>(
     let mut z = Zip::from(&z0).and(&noise.eps).map_collect(|&z0, &e| mix(ab_n, z0, e));
 
     let mut adp: Vec<Option<AdpStop>> = vec![None; b];
+    let mut adp_trace: Vec<Vec<(i64, f32)>> = vec![Vec::new(); b];
     let adp_on = p.tau > 0.0;
     let (lat_h, lat_w) = (z.shape()[2], z.shape()[3]);
 
@@ -97,6 +101,7 @@ pub fn reconstruct<M: Models>(
                 let (pa, pr) = (&tokens[k], &tokens[n + k]);
                 let map = min_cosine_distance(pa, pr);
                 let score = top_k_mean(&map, p.adp_top_k);
+                adp_trace[i].push((step.t, score));
                 let on_threshold = score > p.tau;
                 if !(on_threshold || step.t < p.min_step as i64) {
                     continue;
@@ -125,5 +130,5 @@ pub fn reconstruct<M: Models>(
     }
     // 4. rec = D(z / scaling).
     let images = models.decode(z.mapv(|v| v / scale).view())?;
-    Ok(Reconstruction { images, adp, z0 })
+    Ok(Reconstruction { images, adp, adp_trace, z0 })
 }
