@@ -10,8 +10,12 @@ licence of these three files is stated in their loader docstrings
 
 Per class (brick, grass, gravel), all 128x128 8-bit grayscale PNGs:
 
-- train/good/000..023.png: crops whose top-left corner lies in rows [0, TRAIN_ROWS - 128]
-  (so only rows 0..TRAIN_ROWS-1 are ever used), random horizontal/vertical flips;
+- train/good/000..199.png: crops whose top-left corner lies in rows [0, TRAIN_ROWS - 128]
+  (so only rows 0..TRAIN_ROWS-1 are ever used) and columns [0, VAL_COL0 - 128] (columns
+  0..VAL_COL0-1), random horizontal/vertical flips;
+- validation/good/000..039.png: held-out normal crops from the same rows but the column band
+  VAL_COL0..511, so disjoint in pixels from every train and test crop (for choosing
+  parameters and calibrating without touching test/);
 - test/good/000..007.png: crops from rows [TEST_ROW0, 511] (disjoint from the train rows),
   same flips;
 - test/<defect>/000..003.png for defect in scratch, stain, paste, hole: test-region crops
@@ -27,7 +31,10 @@ Per class (brick, grass, gravel), all 128x128 8-bit grayscale PNGs:
              1 px soft edge; mask = blob.
 
 Everything is drawn from numpy's PCG64 generator seeded with --seed, so a rerun with the
-same seed, numpy and Pillow writes byte-identical files.
+same seed, numpy and Pillow writes byte-identical files. test/ is the same as in the first
+version of this set (24 train crops over all columns): the generator still makes those 24
+draws, in the same order, before each class's test crops, and discards them; train/ and
+validation/ come from a second generator seeded with --seed + 1.
 """
 import argparse
 import os
@@ -40,7 +47,10 @@ import skimage.data
 CLASSES = ["brick", "grass", "gravel"]
 DEFECTS = ["scratch", "stain", "paste", "hole"]
 SIZE = 128
-N_TRAIN = 24
+N_TRAIN = 200
+N_TRAIN_V1 = 24  # draws of the first version, replayed so test/ stays byte-identical
+N_VAL = 40
+VAL_COL0 = 384  # validation crops use columns 384..511, train crops 0..383
 N_TEST_GOOD = 8
 N_DEFECT = 4
 TRAIN_ROWS = 300  # train crops use rows 0..299
@@ -59,10 +69,12 @@ def load_textures():
     return out
 
 
-def crop(rng, tex, row_lo, row_hi):
-    """A SIZE x SIZE crop whose rows lie in [row_lo, row_hi], random flips."""
+def crop(rng, tex, row_lo, row_hi, col_lo=0, col_hi=None):
+    """A SIZE x SIZE crop whose rows lie in [row_lo, row_hi] and columns in [col_lo, col_hi],
+    random flips."""
+    col_hi = tex.shape[1] - 1 if col_hi is None else col_hi
     y = int(rng.integers(row_lo, row_hi - SIZE + 2))
-    x = int(rng.integers(0, tex.shape[1] - SIZE + 1))
+    x = int(rng.integers(col_lo, col_hi - SIZE + 2))
     c = tex[y:y + SIZE, x:x + SIZE].copy()
     if rng.random() < 0.5:
         c = c[:, ::-1]
@@ -170,6 +182,7 @@ def main():
 
     tex = load_textures()
     rng = np.random.default_rng(args.seed)
+    rng_train = np.random.default_rng(args.seed + 1)
     if os.path.exists(args.out):
         for c in CLASSES:
             shutil.rmtree(os.path.join(args.out, c), ignore_errors=True)
@@ -180,8 +193,14 @@ def main():
         base = os.path.join(args.out, c)
         d = os.path.join(base, "train", "good")
         os.makedirs(d)
+        for _ in range(N_TRAIN_V1):
+            crop(rng, t, 0, TRAIN_ROWS - 1)  # the first version's train draws (see the docstring)
         for i in range(N_TRAIN):
-            save_u8(os.path.join(d, f"{i:03d}.png"), crop(rng, t, 0, TRAIN_ROWS - 1))
+            save_u8(os.path.join(d, f"{i:03d}.png"), crop(rng_train, t, 0, TRAIN_ROWS - 1, 0, VAL_COL0 - 1))
+        d = os.path.join(base, "validation", "good")
+        os.makedirs(d)
+        for i in range(N_VAL):
+            save_u8(os.path.join(d, f"{i:03d}.png"), crop(rng_train, t, 0, TRAIN_ROWS - 1, VAL_COL0, 511))
         d = os.path.join(base, "test", "good")
         os.makedirs(d)
         for i in range(N_TEST_GOOD):
@@ -208,13 +227,13 @@ def main():
                     raise RuntimeError(f"{c}/{defect}/{i}: empty mask")
                 save_u8(os.path.join(d, f"{i:03d}.png"), out)
                 save_u8(os.path.join(g, f"{i:03d}_mask.png"), mask.astype(np.uint8) * 255)
-        counts[c] = (N_TRAIN, N_TEST_GOOD, N_DEFECT * len(DEFECTS))
+        counts[c] = (N_TRAIN, N_VAL, N_TEST_GOOD, N_DEFECT * len(DEFECTS))
     total = 0
     for root, _, files in os.walk(args.out):
         for f in files:
             total += os.path.getsize(os.path.join(root, f))
-    for c, (a, b, n) in counts.items():
-        print(f"{c}: train/good {a}, test/good {b}, test defects {n}")
+    for c, (a, v, b, n) in counts.items():
+        print(f"{c}: train/good {a}, validation/good {v}, test/good {b}, test defects {n}")
     print(f"total {total / 1e6:.2f} MB under {args.out}")
 
 
