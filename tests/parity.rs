@@ -41,6 +41,7 @@ fn run_case(name: &str) {
         blur_sigma: Some(f("blur_sigma")),
         backbone_resolution: Some(u("resolution")),
         object_mask: None,
+        reference: None,
     }
     .resolve(128)
     .unwrap();

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use glad_edge::cli::{self, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, CommonArgs, ParamArgs, Settings};
+use glad_edge::cli::{
+    self, bank::BankArgs, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, tune::TuneArgs, CommonArgs, ParamArgs, Settings,
+};
 
 /// GLAD diffusion-based anomaly detection on ONNX Runtime.
 #[derive(Parser)]
@@ -26,6 +28,11 @@ enum Command {
     Eval(Box<EvalArgs>),
     /// Set a verdict threshold from normal images and write a station config.
     Calibrate(Box<CalibrateArgs>),
+    /// Build a bundle's memory bank of normal patches (for `glad.reference: bank | union`).
+    Bank(Box<BankArgs>),
+    /// Choose T, K, tau, min_step, v and the map reference on validation normals plus
+    /// synthetic anomalies (never test images); prints the table it chose from.
+    Tune(Box<TuneArgs>),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +43,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cli::inspect::run(*args),
         Command::Eval(args) => cli::eval::run(*args),
         Command::Calibrate(args) => cli::calibrate::run(*args),
+        Command::Bank(args) => cli::bank::run(*args),
+        Command::Tune(args) => cli::tune::run(*args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -121,6 +121,10 @@ pub struct Manifest {
     pub scheduler: SchedulerConfig,
     #[serde(default)]
     pub defaults: ParamOverrides,
+    /// A verdict threshold from the bundle's own normal validation images (`glad calibrate
+    /// --write-bundle`), valid for the defaults above; used when no config gives one.
+    #[serde(default)]
+    pub calibration: Option<crate::config::Calibration>,
     /// Free-form provenance (how the weights were made); shown by `glad info`.
     #[serde(default)]
     pub provenance: Option<serde_yaml::Value>,

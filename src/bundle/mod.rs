@@ -2,6 +2,7 @@
 //! checks every model's tensors against the manifest and against what GLAD needs, and refuses
 //! a bad bundle with one line naming the file and the tensor.
 
+pub mod edit;
 mod manifest;
 mod validate;
 

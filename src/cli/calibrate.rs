@@ -31,6 +31,10 @@ pub struct CalibrateArgs {
     /// Station config to write: the --config file (or defaults) with `bundle` and `calibration` set.
     #[arg(long, default_value = "station.yaml", value_name = "FILE")]
     pub write: PathBuf,
+    /// Also store the calibration in the bundle's bundle.yaml, so `glad inspect --bundle DIR`
+    /// gives verdicts without a config; only with the bundle's default settings.
+    #[arg(long)]
+    pub write_bundle: bool,
 }
 
 fn quantile(sorted: &[f32], q: f32) -> f32 {
@@ -68,6 +72,9 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
         bail!("no images found in {:?}", args.images);
     }
     let mut engines = settings.engines(settings.config.inspect.workers)?;
+    if args.write_bundle && !settings.uses_bundle_defaults(&engines[0].bundle)? {
+        bail!("--write-bundle: a bundle's calibration must be made with its default settings and noise; drop the preset, `glad:` keys, parameter flags and --seed");
+    }
     let noise = settings.noise()?;
     let pb = progress(files.len(), "calibrate");
     let mut scores = Vec::new();
@@ -101,6 +108,11 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
     let mut station = settings.config.clone();
     station.bundle = Some(settings.bundle_dir.clone());
     station.preset = settings.preset.clone();
+    if args.write_bundle {
+        let path = engines[0].bundle.dir.join("bundle.yaml");
+        crate::bundle::edit::write_block(&path, "calibration", &cal)?;
+        eprintln!("wrote the calibration into {}", path.display());
+    }
     station.calibration = Some(cal);
     let text = format!(
         "# Station config written by `glad calibrate` from {} normal images; `glad inspect --config {}` uses its threshold.\n{}",

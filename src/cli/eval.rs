@@ -12,9 +12,9 @@ use serde::Serialize;
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::OnnxModels;
-use crate::eval::baseline::FeatureBank;
 use crate::eval::dataset::{self, Sample, TestSet};
 use crate::eval::metrics;
+use crate::glad::bank::FeatureBank;
 use crate::imaging;
 use crate::pipeline::{self, Inspected};
 

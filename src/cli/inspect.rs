@@ -115,7 +115,7 @@ pub fn run(args: InspectArgs) -> Result<bool> {
     let workers = args.workers.unwrap_or(settings.config.inspect.workers);
     let mut engines = settings.engines(if args.sequential { 1 } else { workers })?;
     let noise = settings.noise()?;
-    let threshold = args.threshold.or(settings.config.threshold());
+    let threshold = settings.threshold(args.threshold, &engines[0])?;
     let calibration = settings.config.calibration.clone();
     let batch = args.batch.unwrap_or(settings.config.inspect.batch);
     let save_rec = args.save_reconstruction || settings.config.inspect.save_reconstruction;

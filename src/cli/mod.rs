@@ -1,9 +1,11 @@
 //! The `glad` subcommands: argument parsing and wiring only.
 
+pub mod bank;
 pub mod calibrate;
 pub mod eval;
 pub mod info;
 pub mod inspect;
+pub mod tune;
 
 use std::path::PathBuf;
 
@@ -121,6 +123,33 @@ impl Settings {
     /// `n` engines with their own sessions, for `n` pipeline workers.
     pub fn engines(&self, n: usize) -> Result<Vec<Engine>> {
         (0..n.max(1)).map(|_| self.engine()).collect()
+    }
+
+    /// The verdict threshold: `--threshold`, else the config's calibration or threshold, else
+    /// the bundle's own calibration, but only while every setting is the bundle's default
+    /// (its calibration was computed with those; anything else would score differently).
+    pub fn threshold(&self, cli: Option<f32>, engine: &Engine) -> Result<Option<f32>> {
+        if let Some(t) = cli.or(self.config.threshold()) {
+            return Ok(Some(t));
+        }
+        let Some(cal) = &engine.bundle.manifest.calibration else {
+            return Ok(None);
+        };
+        if self.uses_bundle_defaults(&engine.bundle)? {
+            Ok(Some(cal.threshold))
+        } else {
+            tracing::warn!("the bundle's calibration is not applied: the GLAD settings or the noise differ from the bundle's defaults it was made with (calibrate again)");
+            Ok(None)
+        }
+    }
+
+    /// True when the resolved parameters and the noise are exactly the bundle's defaults.
+    pub fn uses_bundle_defaults(&self, bundle: &Bundle) -> Result<bool> {
+        let s = bundle.manifest.models.backbone.resolution;
+        let defaults = bundle.manifest.defaults.resolve(s)?;
+        let noise_default =
+            self.params.noise_dir.is_none() && self.config.noise.dir.is_none() && self.params.seed.unwrap_or(self.config.noise.seed) == 0;
+        Ok(noise_default && self.overrides(bundle)?.resolve(s)? == defaults)
     }
 
     pub fn noise(&self) -> Result<NoiseSource> {

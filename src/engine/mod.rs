@@ -6,17 +6,20 @@ mod onnx_models;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ndarray::{Array2, Array3, ArrayView4, Axis};
 
 pub use noise::NoiseSource;
 pub use onnx_models::{ModelTimes, OnnxModels};
 
 use crate::bundle::Bundle;
+use crate::glad::bank::FeatureBank;
+use crate::glad::features::Layout;
 use crate::glad::maps::blur_radius;
-use crate::glad::reconstruct::{AdpStop, Noise};
+use crate::glad::reconstruct::{AdpStop, Noise, Reconstruction};
 use crate::glad::schedule::AlphaBar;
-use crate::glad::{anomaly_maps, reconstruct, Params};
+use crate::glad::MapReference;
+use crate::glad::{anomaly_maps, reconstruct, AnomalyMap, Params};
 
 /// Per-batch timing of each stage.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -47,6 +50,32 @@ pub struct Engine {
     pub bundle: Bundle,
     pub params: Params,
     ab: AlphaBar,
+    /// The normal-patch bank, loaded when `params.reference` is `bank` or `union`.
+    bank: Option<FeatureBank>,
+}
+
+/// Where a bundle's feature bank lives (written by `glad bank`).
+pub fn bank_dir(bundle: &Bundle) -> std::path::PathBuf {
+    bundle.dir.join("bank")
+}
+
+/// The channel count of each final-map backbone layer, from the model's declared outputs.
+pub fn backbone_channels(bundle: &Bundle) -> Result<Vec<usize>> {
+    let spec = &bundle.manifest.models.backbone;
+    spec.outputs
+        .iter()
+        .map(|name| {
+            let out = bundle.backbone.output(name).with_context(|| format!("backbone output `{name}` missing"))?;
+            let axis = match spec.layout {
+                Layout::Tokens => 2,
+                Layout::FeatureMap => 1,
+            };
+            match out.shape.get(axis) {
+                Some(&c) if c > 0 => Ok(c as usize),
+                _ => bail!("backbone output `{name}` has no static channel count ({:?})", out.shape),
+            }
+        })
+        .collect()
 }
 
 impl Engine {
@@ -71,7 +100,11 @@ impl Engine {
         if params.denoise_step >= ab.len() {
             bail!("denoise_step {} must be below the scheduler's {} train timesteps", params.denoise_step, ab.len());
         }
-        Ok(Engine { bundle, params, ab })
+        let bank = match params.reference {
+            MapReference::Reconstruction => None,
+            _ => Some(FeatureBank::load(&bank_dir(&bundle), &backbone_channels(&bundle)?)?),
+        };
+        Ok(Engine { bundle, params, ab, bank })
     }
 
     /// `(channels, side)` of the latents a noise source must provide.
@@ -81,6 +114,29 @@ impl Engine {
 
     pub fn resolution(&self) -> usize {
         self.bundle.manifest.resolution
+    }
+
+    /// The reconstruction half of `inspect` with other parameters `p` (same bundle), for
+    /// callers that score one reconstruction several ways (`glad tune`).
+    pub fn reconstruct_with(&mut self, p: &Params, x: ArrayView4<'_, f32>, noise: &Noise) -> Result<Reconstruction> {
+        if p.denoise_step >= self.ab.len() {
+            bail!("denoise_step {} must be below the scheduler's {} train timesteps", p.denoise_step, self.ab.len());
+        }
+        let sched = self.bundle.manifest.scheduler.clone();
+        let mut models = OnnxModels::new(&mut self.bundle);
+        reconstruct(&mut models, &sched, &self.ab, p, x, noise)
+    }
+
+    /// The map half of `inspect`: maps of `x` against `rec` with parameters `p`.
+    pub fn maps_with(
+        &mut self,
+        p: &Params,
+        x: ArrayView4<'_, f32>,
+        rec: ArrayView4<'_, f32>,
+        bank: Option<&FeatureBank>,
+    ) -> Result<Vec<AnomalyMap>> {
+        let mut models = OnnxModels::new(&mut self.bundle);
+        anomaly_maps(&mut models, p, x, rec, bank)
     }
 
     /// Inspects a batch `[B, 3, R, R]` in [-1, 1] with the given noise.
@@ -94,7 +150,7 @@ impl Engine {
         let t0 = Instant::now();
         let rec = reconstruct(&mut models, &sched, &self.ab, &self.params, x, noise)?;
         let t1 = Instant::now();
-        let maps = anomaly_maps(&mut models, &self.params, x, rec.images.view())?;
+        let maps = anomaly_maps(&mut models, &self.params, x, rec.images.view(), self.bank.as_ref())?;
         let times = StageTimes { models: models.times.clone(), reconstruct: t1 - t0, anomaly_map: t1.elapsed() };
         let out = maps
             .into_iter()

@@ -3,9 +3,10 @@
 use anyhow::{ensure, Result};
 use ndarray::{Array2, Array3, Array4, ArrayView4, Axis};
 
+use super::bank::FeatureBank;
 use super::features::{min_cosine_distance, top_k_mean};
 use super::maps::{gaussian_blur, imagenet_normalise, object_mask, resize_align_corners, resize_image_align_corners, Border};
-use super::{Models, Params};
+use super::{MapReference, Models, Params};
 
 #[derive(Debug, Clone)]
 pub struct AnomalyMap {
@@ -16,8 +17,20 @@ pub struct AnomalyMap {
 }
 
 /// Anomaly maps of the inputs `x` against their reconstructions `rec` (both `[B,3,R,R]`).
-pub fn anomaly_maps<M: Models>(models: &mut M, p: &Params, x: ArrayView4<'_, f32>, rec: ArrayView4<'_, f32>) -> Result<Vec<AnomalyMap>> {
+/// `bank` is needed for `p.reference` `bank` and `union` only.
+pub fn anomaly_maps<M: Models>(
+    models: &mut M,
+    p: &Params,
+    x: ArrayView4<'_, f32>,
+    rec: ArrayView4<'_, f32>,
+    bank: Option<&FeatureBank>,
+) -> Result<Vec<AnomalyMap>> {
     let b = x.shape()[0];
+    let bank = match (p.reference, bank) {
+        (MapReference::Reconstruction, _) => None,
+        (_, Some(bank)) => Some(bank),
+        (r, None) => anyhow::bail!("reference `{r:?}` needs the bundle's feature bank (`glad bank`)"),
+    };
     ensure!(rec.shape()[0] == b, "reconstruction batch {} differs from the input batch {b}", rec.shape()[0]);
     let s = p.backbone_resolution;
     // 1. Resize to S (bilinear, align_corners), (v+1)/2, ImageNet-normalise.
@@ -36,9 +49,21 @@ pub fn anomaly_maps<M: Models>(models: &mut M, p: &Params, x: ArrayView4<'_, f32
     for i in 0..b {
         let (tx, tr) = (&tokens[i], &tokens[b + i]);
         let mut map = Array2::<f32>::zeros((s, s));
-        for (px, pr) in tx.iter().zip(tr) {
-            // m1[i] = min_j (1 - <Px_i, Prec_j>)
-            add_layer(&mut map, min_cosine_distance(px, pr), px.grid)?;
+        if let Some(bank) = bank {
+            ensure!(bank.layers.len() == tx.len(), "the feature bank has {} layers, the backbone {}", bank.layers.len(), tx.len());
+        }
+        for (l, (px, pr)) in tx.iter().zip(tr).enumerate() {
+            // m1[i] = min_j (1 - <Px_i, Prec_j>), with j over the reference patches: the
+            // reconstruction's (GLAD), the bank's, or both (the minimum of the two minima).
+            let m1 = match (p.reference, bank) {
+                (MapReference::Bank, Some(bank)) => min_cosine_distance(px, &bank.layers[l]),
+                (MapReference::Union, Some(bank)) => {
+                    let from_bank = min_cosine_distance(px, &bank.layers[l]);
+                    min_cosine_distance(px, pr).into_iter().zip(from_bank).map(|(a, b)| a.min(b)).collect()
+                }
+                _ => min_cosine_distance(px, pr),
+            };
+            add_layer(&mut map, m1, px.grid)?;
             // 3. symmetric term m2[j] = min_i (1 - <Px_i, Prec_j>)
             if p.symmetric {
                 add_layer(&mut map, min_cosine_distance(pr, px), pr.grid)?;

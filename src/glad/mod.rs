@@ -4,6 +4,7 @@
 //! production and on closed-form fakes in tests.
 
 pub mod anomaly;
+pub mod bank;
 pub mod features;
 pub mod maps;
 pub mod params;
@@ -15,7 +16,7 @@ use ndarray::{Array4, ArrayView4};
 
 pub use anomaly::{anomaly_maps, AnomalyMap};
 pub use features::Tokens;
-pub use params::{LatentMode, ParamOverrides, Params};
+pub use params::{LatentMode, MapReference, ParamOverrides, Params};
 pub use reconstruct::{reconstruct, Reconstruction};
 
 /// The networks GLAD calls. Batch in, batch out; every method sees `[B, ...]` arrays.

@@ -17,6 +17,21 @@ pub enum LatentMode {
     Mean,
 }
 
+/// What each input patch of the final map is compared with (`glad.reference`). GLAD compares
+/// with the reconstruction only; the other two are named options beyond the paper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapReference {
+    /// GLAD: the patches of the input's own reconstruction.
+    #[default]
+    Reconstruction,
+    /// The memory bank of the class's normal training patches only (the feature baseline).
+    Bank,
+    /// The union of both: a normal region the reconstruction failed to reproduce still finds
+    /// its match in the bank, while a defect the reconstruction removed finds none in either.
+    Union,
+}
+
 /// Every GLAD parameter, resolved.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Params {
@@ -45,6 +60,7 @@ pub struct Params {
     /// `S`: resolution of the final-map backbone; must match the backbone model.
     pub backbone_resolution: usize,
     pub object_mask: ObjectMask,
+    pub reference: MapReference,
 }
 
 /// A partial set of parameters (bundle defaults, presets, config files). Unknown keys are
@@ -67,6 +83,7 @@ pub struct ParamOverrides {
     pub blur_sigma: Option<f32>,
     pub backbone_resolution: Option<usize>,
     pub object_mask: Option<ObjectMask>,
+    pub reference: Option<MapReference>,
 }
 
 impl ParamOverrides {
@@ -89,7 +106,8 @@ impl ParamOverrides {
             adp_top_k,
             blur_sigma,
             backbone_resolution,
-            object_mask
+            object_mask,
+            reference
         )
     }
 
@@ -116,6 +134,7 @@ impl ParamOverrides {
             blur_sigma: self.blur_sigma.unwrap_or(6.0),
             backbone_resolution: self.backbone_resolution.unwrap_or(default_backbone_resolution),
             object_mask: self.object_mask.unwrap_or_default(),
+            reference: self.reference.unwrap_or_default(),
         };
         if p.steps == 0 || p.steps > p.denoise_step {
             bail!("steps must be in 1..=denoise_step ({}), got {}", p.denoise_step, p.steps);
