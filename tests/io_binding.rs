@@ -66,7 +66,8 @@ fn check(tau: f32, expect_threshold_stop: bool) {
     let noise = NoiseSource::Seeded(7);
     let shape = plain.latent_shape();
     // A batch of 3, then a batch of 1 (the binding reallocates for the new shape), then 3 again.
-    let batches: [&[&str]; 3] = [&["stain/000.png", "scratch/000.png", "good/000.png"], &["hole/000.png"], &["paste/000.png", "good/001.png", "stain/001.png"]];
+    let batches: [&[&str]; 3] =
+        [&["stain/000.png", "scratch/000.png", "good/000.png"], &["hole/000.png"], &["paste/000.png", "good/001.png", "stain/001.png"]];
     let mut worst = (0.0f32, 0.0f32, 0.0f32);
     let mut any_threshold = false;
     for (k, names) in batches.iter().enumerate() {
@@ -76,7 +77,13 @@ fn check(tau: f32, expect_threshold_stop: bool) {
         let (b, _) = bound.inspect(x.view(), &n).unwrap();
         any_threshold |= a.iter().any(|i| i.adp.is_some_and(|s| s.on_threshold));
         let d = compare(&a, &b);
-        eprintln!("tau {tau} batch {k} ({} images): IoBinding vs plain max |diff| score {:.3e} map {:.3e} reconstruction {:.3e}", names.len(), d.0, d.1, d.2);
+        eprintln!(
+            "tau {tau} batch {k} ({} images): IoBinding vs plain max |diff| score {:.3e} map {:.3e} reconstruction {:.3e}",
+            names.len(),
+            d.0,
+            d.1,
+            d.2
+        );
         worst = (worst.0.max(d.0), worst.1.max(d.1), worst.2.max(d.2));
     }
     assert_eq!(any_threshold, expect_threshold_stop, "the case must exercise the intended ADP stop");

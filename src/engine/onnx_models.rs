@@ -146,7 +146,9 @@ impl Models for OnnxModels<'_> {
             let out_shape = sample.shape().to_vec();
             let binds: Vec<(&str, Bind<'_>)> = inputs
                 .into_iter()
-                .map(|(name, input)| (name, if spec.context.as_deref() == Some(name) { Bind::Kept(input, b as u64) } else { Bind::Each(input) }))
+                .map(|(name, input)| {
+                    (name, if spec.context.as_deref() == Some(name) { Bind::Kept(input, b as u64) } else { Bind::Each(input) })
+                })
                 .collect();
             timed(&mut self.times.unet, || self.bundle.unet.run_bound(&binds, &[(spec.output.as_str(), &out_shape)]))
         } else {

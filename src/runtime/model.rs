@@ -218,7 +218,8 @@ impl Model {
                 Bind::Each(Input::F32(a)) => {
                     let stale = b.inputs.get(*name).is_none_or(|t| t.shape().iter().map(|&d| d as usize).ne(a.shape().iter().copied()));
                     if stale {
-                        let t = Tensor::<f32>::new(&b.input_alloc, a.shape().to_vec()).map_err(|e| err("cannot allocate input", name, e))?;
+                        let t =
+                            Tensor::<f32>::new(&b.input_alloc, a.shape().to_vec()).map_err(|e| err("cannot allocate input", name, e))?;
                         b.inputs.insert(name.to_string(), t);
                         b.stats.input_allocations += 1;
                     }
