@@ -22,12 +22,12 @@
 #   - libonnxruntime.so.1.31.1 from onnxruntime-gpu (its 1.30 CPU package is older than the
 #     api-31 glad needs), libonnxruntime_providers_shared.so, _tensorrt.so (small), and
 #     libonnxruntime_providers_cuda.so: 284 MB, whose CUDA fatbins are already compressed
-#     (the wheel's deflate keeps 81% of it, xz -6 about as much);
+#     (measured: the wheel's deflate keeps 81% of it, xz -6 67%, so about 190 MB to carry);
 #   - the glad binary (built here, stripped, xz), and the diffusers wheel (+ importlib_metadata)
 #     for the export.
 # Each device call carries at most 64 MiB of working tree, and this repository's tracked files
 # already take about 45 MB of that, so --pack cuts everything into pieces of PIECE_MB (default
-# 16) MiB: about 15 pieces, one per call, back to back within one warm lease (a machine goes
+# 16) MiB: about 14 pieces, one per call, back to back within one warm lease (a machine goes
 # back 30 s after a call; ignored files stay while it is warm). --receive moves each piece out of
 # the carried path into .device/recv/, which no call replaces. If the lease ends half-way, the
 # pieces are lost and the transfer starts again. Where that does not fit the device time, the
@@ -94,8 +94,8 @@ with zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0]) as z:
 PYEOF
   cp "$DEV"/wheels/*.whl "$DEV/stage/files/"
   (cd "$DEV/stage/files" && sha256sum -- * > ../SHA256SUMS)
-  say "compressing (xz -1; the CUDA fatbins barely compress) and cutting into $PIECE_MB MiB pieces"
-  tar -C "$DEV/stage" -cf - files SHA256SUMS | xz -1 -T0 | split -b "${PIECE_MB}M" -d -a 2 - "$DEV/pieces/"
+  say "compressing (xz -6: the CUDA fatbins shrink only to about 67%) and cutting into $PIECE_MB MiB pieces"
+  tar -C "$DEV/stage" -cf - files SHA256SUMS | xz -6 -T0 | split -b "${PIECE_MB}M" -d -a 2 - "$DEV/pieces/"
   N=$(ls "$DEV/pieces" | wc -l)
   say "$N pieces in $DEV/pieces ($(du -sh "$DEV/pieces" | cut -f1)); the tracked tree is $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes of the 64 MiB per call"
   echo "Device calls, back to back in one warm lease (each within 30 s of the last):"

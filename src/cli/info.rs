@@ -28,7 +28,8 @@ pub fn run(settings: &Settings) -> Result<()> {
             model.path().display(),
             model.provider(),
             model.precision(),
-            if model.io_binding() { ", IoBinding" } else { "" }
+            // only the UNet's DDIM steps use the binding
+            if model.io_binding() && model.role() == "unet" { ", IoBinding (DDIM steps)" } else { "" }
         );
         for t in model.inputs() {
             println!("              in  {t}");

@@ -78,12 +78,15 @@ impl Binding {
             if provider == ProviderKind::Cpu {
                 return Allocator::default();
             }
-            MemoryInfo::new(AllocationDevice::CUDA_PINNED, device_id, AllocatorType::Device, mem)
-                .and_then(|info| Allocator::new(session, info))
-                .unwrap_or_else(|e| {
-                    tracing::warn!("{role}: no CUDA pinned allocator ({e}); IoBinding stages through pageable host memory");
-                    Allocator::default()
-                })
+            // ONNX Runtime registers its pinned allocator under device 0 whatever the GPU: try both.
+            let pinned = |id: i32| {
+                MemoryInfo::new(AllocationDevice::CUDA_PINNED, id, AllocatorType::Device, mem)
+                    .and_then(|info| Allocator::new(session, info))
+            };
+            pinned(device_id).or_else(|e| if device_id != 0 { pinned(0) } else { Err(e) }).unwrap_or_else(|e| {
+                tracing::warn!("{role}: no CUDA pinned allocator ({e}); IoBinding stages through pageable host memory");
+                Allocator::default()
+            })
         };
         Ok(Binding {
             io,

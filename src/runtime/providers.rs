@@ -143,7 +143,7 @@ pub fn tensorrt_options(cfg: &ProvidersConfig, engine_dir: Option<&Path>, profil
 /// element type of the model's first float input (`float32`, or `float16` for an fp16 export).
 pub fn precision(provider: ProviderKind, cfg: &ProvidersConfig, model_dtype: &str) -> String {
     match provider {
-        ProviderKind::Tensorrt if cfg.tensorrt.fp16 => "fp16 (TensorRT, fp32 fallback per layer)".into(),
+        ProviderKind::Tensorrt if cfg.tensorrt.fp16 => "fp16 (TensorRT mixed precision)".into(),
         _ => model_dtype.to_string(),
     }
 }
