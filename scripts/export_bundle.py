@@ -12,6 +12,15 @@ full  --sd DIR --dino PTH --out onnx/NAME [--fp16] [--resolution 512]
       inside) are exported to onnx/NAME-fp16/, run on a test input, and any NaN/Inf is
       reported (and the model is not written) instead of being shipped silently.
 
+synthetic-sd14  --out onnx/synthetic-sd14 [--seed 0] [--resolution 512] [--verify-batches 1]
+      Full-size models for timing, no download: Stable Diffusion v1.4's published
+      UNet2DConditionModel and AutoencoderKL configs (CompVis/stable-diffusion-v1-4,
+      unet/config.json and vae/config.json) and DINO ViT-B/8 (patch 8, dim 768, depth 12,
+      12 heads), with seeded random weights (reinit_, as tiny) and random [1,77,768] prompt
+      embeddings, exported exactly as `full` exports (the UNet's 3.4 GB of weights go to
+      external data, unet.onnx.data). About 4.2 GB; never committed. Its scores mean
+      nothing: it is for speed (scripts/device-check.sh).
+
 tiny  --out onnx/tiny --seed 0 [--goldens tests/golden/models]
       The same export code path on seeded, randomly initialised small models:
       R = 128, latent 4x16x16, a small UNet2DConditionModel (cross-attention dim 32),
@@ -21,7 +30,8 @@ tiny  --out onnx/tiny --seed 0 [--goldens tests/golden/models]
       model inputs/outputs for the Rust tests.
 
 Every model is exported with torch.onnx.export(dynamo=True), opset 18, a dynamic batch
-dimension, one file (no external data); checked with onnx.checker and run with ONNX
+dimension, one file (external data `<file>.data` only for a model over 2 GB, which
+protobuf cannot hold: the SD UNet); checked with onnx.checker and run with ONNX
 Runtime (CPU, float32) at batch 1 and batch 3 against torch: the script fails when the
 max abs difference exceeds --atol + --rtol * max|torch output|.
 
@@ -48,6 +58,26 @@ import torch.nn.functional as F
 
 F32 = np.float32
 OPSET = 18
+# protobuf's 2 GB limit: larger models keep their weights in `<file>.data` beside the graph
+EXTERNAL_DATA_BYTES = 1 << 31
+
+# Stable Diffusion v1.4's published configs (CompVis/stable-diffusion-v1-4, unet/config.json and
+# vae/config.json; keys left out are diffusers' defaults, which they match).
+SD14_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+)
+SD14_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+)
+# DINO ViT-B/8 (dino_vitbase8_pretrain.pth): patch 8, dim 768, depth 12, 12 heads, MLP 3072, pos grid 28x28.
+VITB8 = dict(patch_size=8, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, pos_grid=224 // 8)
+CLIP_TOKENS, CLIP_DIM = 77, 768  # CLIP ViT-L/14 text encoder output of SD v1.x
 PROMPT_COND = "a photo of sks"
 PROMPT_UNCOND = ""
 
@@ -310,6 +340,10 @@ def ort_session(path, threads=1):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def param_bytes(module):
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 def export_onnx(module, role, path):
     import onnx
 
@@ -320,20 +354,23 @@ def export_onnx(module, role, path):
     args = tuple(torch.from_numpy(ex[n]) for n in role.inputs)
     batch = Dim("batch", min=1, max=1024)
     dyn = tuple({0: batch} for _ in args)  # positional, one spec per forward argument
+    external = param_bytes(module) >= EXTERNAL_DATA_BYTES
     t0 = time.time()
     with torch.no_grad():
         prog = torch.onnx.export(
             module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=dyn,
-            input_names=role.inputs, output_names=role.outputs, external_data=False, verbose=False,
+            input_names=role.inputs, output_names=role.outputs, external_data=external, verbose=False,
         )
-    prog.save(path, external_data=False)
-    model = onnx.load(path)
+    prog.save(path, external_data=external)
+    # external data: load the graph only (the weights stay in <file>.data, referenced by name)
+    model = onnx.load(path, load_external_data=not external)
     # drop the exporter's per-node debug metadata (stack traces with local paths): smaller,
     # byte-reproducible files
     for node in model.graph.node:
         del node.metadata_props[:]
     onnx.save(model, path)
-    onnx.checker.check_model(model, full_check=True)
+    # a path, not the proto, so the checker can follow external data past protobuf's 2 GB
+    onnx.checker.check_model(path if external else model, full_check=True)
     got_in = [i.name for i in model.graph.input]
     got_out = [o.name for o in model.graph.output]
     assert got_in == role.inputs, f"{path}: inputs {got_in}, expected {role.inputs}"
@@ -341,8 +378,9 @@ def export_onnx(module, role, path):
     for vi in list(model.graph.input) + list(model.graph.output):
         d0 = vi.type.tensor_type.shape.dim[0]
         assert d0.dim_param and not d0.dim_value, f"{path}: {vi.name}: batch dimension is not dynamic"
-    log(f"  exported {path} ({os.path.getsize(path) / 1e6:.2f} MB, {len(model.graph.node)} nodes, "
-        f"opset {model.opset_import[0].version}) in {time.time() - t0:.1f} s")
+    size = os.path.getsize(path) + (os.path.getsize(path + ".data") if os.path.exists(path + ".data") else 0)
+    log(f"  exported {path} ({size / 1e6:.2f} MB{', external data ' + os.path.basename(path) + '.data' if external else ''}, "
+        f"{len(model.graph.node)} nodes, opset {model.opset_import[0].version}) in {time.time() - t0:.1f} s")
 
 
 def torch_run(module, role, feeds):
@@ -353,9 +391,9 @@ def torch_run(module, role, feeds):
     return [o.float().numpy() for o in out]
 
 
-def verify(module, role, path, atol, rtol, seed, batches=(1, 3), ref_module=None):
+def verify(module, role, path, atol, rtol, seed, batches=(1, 3), ref_module=None, threads=1):
     """Runs ORT and torch at the given batch sizes; returns {batch: {output: maxdiff}}."""
-    sess = ort_session(path)
+    sess = ort_session(path, threads)
     report = {}
     for b in batches:
         rng = np.random.default_rng(seed + 100 + b)
@@ -392,14 +430,14 @@ def print_io(path):
             log(f"    {kind} {v.name:<22} {v.type:<16} {v.shape}")
 
 
-def export_roles(roles, out, atol, rtol, seed):
+def export_roles(roles, out, atol, rtol, seed, batches=(1, 3), threads=1):
     diffs = {}
     for role in roles:
         path = os.path.join(out, role.file)
         log(f"[{role.name}]")
         export_onnx(role.module, role, path)
         print_io(path)
-        rep = verify(role.module, role, path, atol, rtol, seed)
+        rep = verify(role.module, role, path, atol, rtol, seed, batches=batches, threads=threads)
         check_report(path, rep, atol, rtol)
         diffs[role.name] = rep
     return diffs
@@ -618,30 +656,59 @@ def tiny_models(seed, R=128):
     reinit_(dino, gen, {"pos_embed": 0.5, "cls_token": 0.5})
     cond = torch.randn((1, 77, 32), generator=gen).numpy().astype(F32)
     uncond = torch.randn((1, 77, 32), generator=gen).numpy().astype(F32)
+    calibrate_(vae, unet, dino, cond, uncond, R, seed, "tiny")
+    return vae, unet, dino, cond, uncond
 
-    # Output scales: decoder image roughly within [-1.5, 1.5], noise prediction ~ unit std.
+
+def calibrate_(vae, unet, dino, cond, uncond, R, seed, tag, batch=4):
+    """Output scales of seeded random models: decoder image roughly within [-1.5, 1.5], noise
+    prediction ~ unit std (rescales the last convolutions in place); logs the statistics."""
+    assert batch % 2 == 0 or batch == 1
     with torch.no_grad():
         g2 = torch.Generator().manual_seed(seed + 1)
-        z = torch.randn((4, 4, R // 8, R // 8), generator=g2)
+        z = torch.randn((batch, 4, R // 8, R // 8), generator=g2)
         img = VaeDecoder(vae)(z)
         s = 1.2 / float(img.abs().max())
         vae.decoder.conv_out.weight.mul_(s)
         vae.decoder.conv_out.bias.mul_(s)
-        ehs = torch.from_numpy(np.concatenate([uncond, cond, uncond, cond]))
-        e = unet(z, torch.tensor([999, 500, 100, 1]), ehs).sample
+        ehs = torch.from_numpy(np.concatenate([uncond, cond] * max(1, batch // 2))[:batch])
+        ts = torch.tensor([999, 500, 100, 1] * ((batch + 3) // 4))[:batch]
+        e = unet(z, ts, ehs).sample
         s = 1.0 / float(e.std())
         unet.conv_out.weight.mul_(s)
         unet.conv_out.bias.mul_(s)
         img = VaeDecoder(vae)(z)
-        e = unet(z, torch.tensor([999, 500, 100, 1]), ehs).sample
+        e = unet(z, ts, ehs).sample
         mean, logvar = VaeEncoder(vae)(img)
         feats = dino(img)
-    log(f"tiny: decoder output range [{img.min():.3f}, {img.max():.3f}] std {img.std():.3f}; "
+    log(f"{tag}: decoder output range [{img.min():.3f}, {img.max():.3f}] std {img.std():.3f}; "
         f"noise_pred std {e.std():.3f}, per-sample std {[round(float(v), 3) for v in e.flatten(1).std(1)]}")
-    log(f"tiny: encoder mean std {mean.std():.3f}, logvar range [{logvar.min():.2f}, {logvar.max():.2f}]; "
+    log(f"{tag}: encoder mean std {mean.std():.3f}, logvar range [{logvar.min():.2f}, {logvar.max():.2f}]; "
         f"dino block12 std {feats[-1].std():.3f}")
     for n, m in (("vae", vae), ("unet", unet), ("dino", dino)):
-        log(f"tiny: {n} {sum(p.numel() for p in m.parameters()):,} parameters")
+        log(f"{tag}: {n} {sum(p.numel() for p in m.parameters()):,} parameters")
+
+
+# ----------------------------------------------------------------------------------------
+# synthetic-sd14: full-size architectures, seeded random weights
+# ----------------------------------------------------------------------------------------
+def synthetic_sd14_models(seed, R=512):
+    """SD v1.4 UNet and VAE and DINO ViT-B/8 from their published configs, seeded random
+    weights initialised like tiny's (reinit_) and calibrated the same way (at batch 2)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    assert R % 8 == 0
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    vae = AutoencoderKL(**{**SD14_VAE, "sample_size": R}).eval()
+    unet = UNet2DConditionModel(**{**SD14_UNET, "sample_size": R // 8}).eval()
+    dino = DinoViT(**VITB8).eval()
+    reinit_(vae, gen)
+    reinit_(unet, gen)
+    reinit_(dino, gen, {"pos_embed": 0.5, "cls_token": 0.5})
+    cond = torch.randn((1, CLIP_TOKENS, CLIP_DIM), generator=gen).numpy().astype(F32)
+    uncond = torch.randn((1, CLIP_TOKENS, CLIP_DIM), generator=gen).numpy().astype(F32)
+    calibrate_(vae, unet, dino, cond, uncond, R, seed, "synthetic-sd14", batch=2)
     return vae, unet, dino, cond, uncond
 
 
@@ -685,7 +752,8 @@ def run(args, vae, unet, dino, cond, uncond, description, provenance, goldens=No
     np.save(os.path.join(out, "uncond.npy"), uncond.astype(F32))
     log(f"prompt embeddings: cond {cond.shape} uncond {uncond.shape}")
     roles = build_roles(vae, unet, dino, R, cond, uncond)
-    diffs = export_roles(roles, out, args.atol, args.rtol, args.seed)
+    batches = tuple(int(b) for b in str(getattr(args, "verify_batches", "1,3")).split(",") if b)
+    diffs = export_roles(roles, out, args.atol, args.rtol, args.seed, batches=batches, threads=args.threads)
     name = os.path.basename(os.path.normpath(out))
     write_manifest(out, name, description, R, vae.config.latent_channels, vae.config.scaling_factor, dino, provenance)
     log(f"bundle {out}: {dir_size(out) / 1e6:.2f} MB")
@@ -718,7 +786,7 @@ def run(args, vae, unet, dino, cond, uncond, description, provenance, goldens=No
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("full", "tiny"):
+    for name in ("full", "tiny", "synthetic-sd14"):
         s = sub.add_parser(name)
         s.add_argument("--out", required=True)
         s.add_argument("--fp16", action="store_true", help="also export float16 copies to <out>-fp16 and report NaNs")
@@ -732,6 +800,12 @@ def main():
             s.add_argument("--dino-heads", type=int, default=None, help="attention heads (default dim // 64)")
             s.add_argument("--resolution", type=int, default=512)
             s.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+        elif name == "synthetic-sd14":
+            s.add_argument("--seed", type=int, default=0, help="seed of the weights and verification inputs")
+            s.add_argument("--resolution", type=int, default=512)
+            s.add_argument("--verify-batches", default="1",
+                           help="batch sizes of the torch vs ORT check, comma-separated (default 1: the "
+                                "full-size UNet at batch 3 takes minutes on a CPU)")
         else:
             s.add_argument("--seed", type=int, default=0)
             s.add_argument("--resolution", type=int, default=128)
@@ -740,7 +814,15 @@ def main():
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     command = "python3 scripts/export_bundle.py " + " ".join(sys.argv[1:])
-    if args.cmd == "tiny":
+    if args.cmd == "synthetic-sd14":
+        vae, unet, dino, cond, uncond = synthetic_sd14_models(args.seed, args.resolution)
+        desc = (f"SD v1.4 UNet/VAE + DINO ViT-B/8 architectures at {args.resolution} px with seeded random weights, "
+                f"for timing only (scripts/export_bundle.py synthetic-sd14 --seed {args.seed})")
+        prov = {"weights": f"random, torch.Generator seed {args.seed} (scripts/export_bundle.py reinit_), "
+                           "configs SD14_UNET / SD14_VAE / VITB8",
+                "command": f"'{command}'",
+                "torch": torch.__version__, "opset": OPSET}
+    elif args.cmd == "tiny":
         vae, unet, dino, cond, uncond = tiny_models(args.seed, args.resolution)
         desc = f"seeded random tiny SD-style models for tests (scripts/export_bundle.py tiny --seed {args.seed})"
         prov = {"weights": f"random, torch.Generator seed {args.seed} (scripts/export_bundle.py reinit_)",

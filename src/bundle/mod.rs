@@ -4,6 +4,7 @@
 
 pub mod edit;
 mod manifest;
+mod profiles;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ pub use manifest::{
     parse_yaml, BackboneSpec, DecoderSpec, EncoderOutput, EncoderSpec, LatentSpec, Manifest, ModelsSpec, PromptSpec, Space, TimestepType,
     UnetSpec,
 };
+pub use profiles::tensorrt_profiles;
 
 use crate::runtime::{Model, RuntimeConfig};
 
@@ -66,7 +68,16 @@ impl Bundle {
                 mpath.display()
             );
         }
-        let load = |role: &str, file: &Path| -> Result<Model> { rt.load_model(role, &dir.join(file)) };
+        let prompt = match &m.prompt {
+            Some(p) => Some((read_embedding(&dir.join(&p.uncond))?, read_embedding(&dir.join(&p.cond))?)),
+            None => None,
+        };
+        let prompt_dims = prompt.as_ref().map(|(u, _)| (u.shape()[1], u.shape()[2]));
+        let profiles = tensorrt_profiles(m, prompt_dims, rt.execution.tensorrt.max_batch);
+        let load = |role: &str, file: &Path| -> Result<Model> {
+            let profile = profiles.iter().find(|(r, _)| *r == role).map(|(_, p)| p);
+            rt.load_model_with_profile(role, &dir.join(file), profile)
+        };
         let vae_encoder = m.models.vae_encoder.as_ref().map(|s| load("vae_encoder", &s.file)).transpose()?;
         let unet = load("unet", &m.models.unet.file)?;
         let vae_decoder = m.models.vae_decoder.as_ref().map(|s| load("vae_decoder", &s.file)).transpose()?;
@@ -74,10 +85,6 @@ impl Bundle {
         let adp_backbone = match &m.models.adp_backbone {
             Some(s) if s != &m.models.backbone => Some(load("adp_backbone", &s.file)?),
             _ => None,
-        };
-        let prompt = match &m.prompt {
-            Some(p) => Some((read_embedding(&dir.join(&p.uncond))?, read_embedding(&dir.join(&p.cond))?)),
-            None => None,
         };
         let bundle = Bundle { dir: dir.to_path_buf(), manifest, vae_encoder, unet, vae_decoder, backbone, adp_backbone, prompt };
         validate::check(&bundle).with_context(|| format!("bundle {}", dir.display()))?;

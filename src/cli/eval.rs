@@ -268,7 +268,10 @@ fn run_baseline(
 }
 
 pub fn run(args: EvalArgs) -> Result<bool> {
-    let base = Settings::new(&args.common, args.params.clone())?;
+    let mut base = Settings::new(&args.common, args.params.clone())?;
+    if let Some(b) = args.batch {
+        base.config.inspect.batch = b; // TensorRT profiles cover the batch actually run
+    }
     let classes = if args.class == "all" { dataset::classes(&args.dataset)? } else { vec![args.class.clone()] };
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
     let csv_path = args.out.join("per_image.csv");

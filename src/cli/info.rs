@@ -22,7 +22,15 @@ pub fn run(settings: &Settings) -> Result<()> {
         runtime::library_path().map(|p| p.display().to_string()).unwrap_or_default()
     );
     for model in bundle.models() {
-        println!("model       {:<13} {} on {}", model.role(), model.path().display(), model.provider());
+        println!(
+            "model       {:<13} {} on {}, {}{}",
+            model.role(),
+            model.path().display(),
+            model.provider(),
+            model.precision(),
+            // only the UNet's DDIM steps use the binding
+            if model.io_binding() && model.role() == "unet" { ", IoBinding (DDIM steps)" } else { "" }
+        );
         for t in model.inputs() {
             println!("              in  {t}");
         }

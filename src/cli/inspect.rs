@@ -107,7 +107,10 @@ pub fn progress(n: usize, what: &str) -> ProgressBar {
 }
 
 pub fn run(args: InspectArgs) -> Result<bool> {
-    let settings = Settings::new(&args.common, args.params.clone())?;
+    let mut settings = Settings::new(&args.common, args.params.clone())?;
+    if let Some(b) = args.batch {
+        settings.config.inspect.batch = b; // TensorRT profiles cover the batch actually run
+    }
     let files = collect_images(&args.inputs)?;
     if files.is_empty() {
         bail!("no images found in {:?}", args.inputs);

@@ -94,7 +94,12 @@ impl Settings {
     }
 
     pub fn load_bundle(&self) -> Result<Bundle> {
-        Bundle::load(&self.bundle_dir, &self.config.runtime)
+        let mut rt = self.config.runtime.clone();
+        if rt.execution.tensorrt.max_batch == 0 {
+            // TensorRT profiles cover the batches this command runs.
+            rt.execution.tensorrt.max_batch = self.config.inspect.batch;
+        }
+        Bundle::load(&self.bundle_dir, &rt)
     }
 
     /// bundle defaults < preset < config `glad` < command line.

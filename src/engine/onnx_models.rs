@@ -9,7 +9,7 @@ use ndarray::{concatenate, s, Array1, Array3, Array4, ArrayView4, Axis, Ix4};
 use crate::bundle::{BackboneSpec, Bundle, EncoderOutput, TimestepType};
 use crate::glad::features::tokens_per_image;
 use crate::glad::{Models, Tokens};
-use crate::runtime::{Input, Model};
+use crate::runtime::{Bind, Input, Model};
 
 /// Time spent in each model role (ONNX Runtime calls only).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -140,8 +140,22 @@ impl Models for OnnxModels<'_> {
         if let (Some(name), Some(c)) = (spec.context.as_deref(), ctx.as_ref()) {
             inputs.push((name, Input::F32(c.view().into_dyn())));
         }
-        let out = timed(&mut self.times.unet, || self.bundle.unet.run(&inputs, &[spec.output.as_str()]));
-        drop(inputs);
+        let out = if self.bundle.unet.io_binding() {
+            // IoBinding: the prompt rows are bound once per batch size (on a GPU provider they
+            // stay on the device), the output goes into a preallocated buffer of the sample's shape.
+            let out_shape = sample.shape().to_vec();
+            let binds: Vec<(&str, Bind<'_>)> = inputs
+                .into_iter()
+                .map(|(name, input)| {
+                    (name, if spec.context.as_deref() == Some(name) { Bind::Kept(input, b as u64) } else { Bind::Each(input) })
+                })
+                .collect();
+            timed(&mut self.times.unet, || self.bundle.unet.run_bound(&binds, &[(spec.output.as_str(), &out_shape)]))
+        } else {
+            let out = timed(&mut self.times.unet, || self.bundle.unet.run(&inputs, &[spec.output.as_str()]));
+            drop(inputs);
+            out
+        };
         let paired = ctx.is_some();
         if let Some(c) = ctx {
             self.context = Some((b, c));

@@ -7,8 +7,10 @@ mod model;
 mod providers;
 
 pub use library::{environment, library_path, library_version, resolve_library, LibrarySource, MIN_VERSION};
-pub use model::{Input, Model, TensorSpec};
-pub use providers::{engine_cache_dir, Policy, ProviderKind, ProvidersConfig, TensorRtConfig};
+pub use model::{Bind, BindingStats, Input, Model, TensorSpec};
+pub use providers::{
+    engine_cache_dir, precision, tensorrt_options, IoBindingMode, Policy, ProviderKind, ProvidersConfig, TensorRtConfig, TrtProfile,
+};
 
 use anyhow::anyhow;
 
@@ -41,5 +43,10 @@ impl RuntimeConfig {
 
     pub fn load_model(&self, role: &str, path: &std::path::Path) -> anyhow::Result<Model> {
         Model::load(role, path, &self.execution, self.library.as_deref(), self.threads())
+    }
+
+    /// As [`RuntimeConfig::load_model`], with the model's TensorRT optimisation profile.
+    pub fn load_model_with_profile(&self, role: &str, path: &std::path::Path, profile: Option<&TrtProfile>) -> anyhow::Result<Model> {
+        Model::load_with_profile(role, path, &self.execution, self.library.as_deref(), self.threads(), profile)
     }
 }
