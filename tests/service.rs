@@ -57,10 +57,8 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)])
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers: BTreeMap<String, String> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     let mut body = raw[split + 4..].to_vec();
     if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
         let mut out = Vec::new();
@@ -153,7 +151,11 @@ fn endpoints_answer_with_the_right_codes_and_content() {
     }
     let input = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 128]));
     let heat = image::RgbImage::from_fn(20, 15, |x, _| image::Rgb([255, (x * 12) as u8, 0]));
-    state.publish(&FrameResult { record: Arc::new(record("cam0", 1, Some(0.2))), input: Some(Arc::new(input)), heatmap: Some(Arc::new(heat)) });
+    state.publish(&FrameResult {
+        record: Arc::new(record("cam0", 1, Some(0.2))),
+        input: Some(Arc::new(input)),
+        heatmap: Some(Arc::new(heat)),
+    });
     state.publish(&FrameResult { record: Arc::new(record("cam0", 2, Some(0.9))), ..latest(&state, "cam0") });
     state.publish(&FrameResult { record: Arc::new(record("trig", 1, None)), input: None, heatmap: None });
     let r = get(a, "/latest/cam0.jpg");
@@ -217,7 +219,9 @@ fn endpoints_answer_with_the_right_codes_and_content() {
     assert!(!r.text().contains("http://") && !r.text().contains("https://"));
 
     // Read-only: other methods are 405, unknown routes 404.
-    for (m, p) in [("POST", "/"), ("POST", "/healthz"), ("PUT", "/api/cameras"), ("DELETE", "/latest/cam0.jpg"), ("GET", "/api/trigger/trig")] {
+    for (m, p) in
+        [("POST", "/"), ("POST", "/healthz"), ("PUT", "/api/cameras"), ("DELETE", "/latest/cam0.jpg"), ("GET", "/api/trigger/trig")]
+    {
         assert_eq!(request(a, m, p, &[]).status, 405, "{m} {p}");
     }
     assert_eq!(get(a, "/etc/passwd").status, 404);
@@ -260,13 +264,16 @@ fn metrics_parse_with_a_prometheus_text_parser() {
     let r = get(server.addr(), "/metrics");
     assert_eq!(r.status, 200);
     let text = r.text();
+    std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics.txt"), &text).unwrap();
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("{e}: {text}"));
     let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
-        scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
-            other => panic!("{name}: {other:?}"),
+        scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(|s| {
+            match &s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name}: {other:?}"),
+            }
         })
     };
     let normal = value("glad_frames_total", &[("camera", CONTINUOUS), ("verdict", "normal")]).expect("frames by camera and verdict");
@@ -274,8 +281,10 @@ fn metrics_parse_with_a_prometheus_text_parser() {
     assert!(normal + ng >= 8.0, "{text}");
     assert_eq!(value("glad_model_info", &[("model", "brick"), ("provider", "cpu"), ("precision", "fp32")]), Some(1.0));
     assert_eq!(value("glad_model_load_seconds", &[("component", "brick")]), Some(1.25));
-    assert!(scrape.samples.iter().any(|s| s.metric.starts_with("glad_stage_seconds")
-        && s.labels.get("stage") == Some("capture_to_verdict")), "{text}");
+    assert!(
+        scrape.samples.iter().any(|s| s.metric.starts_with("glad_stage_seconds") && s.labels.get("stage") == Some("capture_to_verdict")),
+        "{text}"
+    );
     // The counts the page shows are the same counters.
     let cams = get(server.addr(), "/api/cameras").json();
     let ok_now = cams["cameras"].as_array().unwrap().iter().find(|c| c["name"] == CONTINUOUS).unwrap()["counts"]["ok"].as_u64().unwrap();
@@ -307,7 +316,7 @@ fn trigger_needs_the_configured_bearer_token() {
     assert_eq!(post("trig", Some("Bearer wrong-token-wrong-token")).status, 403);
     assert_eq!(post("trig", Some(&format!("Bearer {TOKEN}x"))).status, 403);
     assert_eq!(post("trig", Some("Bearer ")).status, 401); // "Bearer" alone: no token given
-    // Unknown camera is only told to the token holder.
+                                                           // Unknown camera is only told to the token holder.
     assert_eq!(post("nope", None).status, 401);
     assert_eq!(post("nope", Some(&format!("Bearer {TOKEN}"))).status, 404);
     assert_eq!(post("cam0", Some(&format!("Bearer {TOKEN}"))).status, 409);
@@ -643,19 +652,21 @@ fn live_page_renders_in_chromium() {
         eprintln!("skipped: no chromium");
         return;
     };
-    let fake = FakeStation::start(FakeOptions {
-        threshold: 0.5,
-        period: Duration::from_millis(100),
-        error_every: Some(4),
-        ..Default::default()
-    });
+    let fake =
+        FakeStation::start(FakeOptions { threshold: 0.5, period: Duration::from_millis(100), error_every: Some(2), ..Default::default() });
     let state = service::StationLifecycle::state(&fake);
     let server = HttpServer::start(state.clone(), loopback(Some(TOKEN)), Duration::from_secs(5)).unwrap();
     let url = format!("http://{}/", server.addr());
-    for _ in 0..5 {
+    // The triggered camera: a good frame, a failed one, then the stain (NG).
+    for n in 1..=3 {
         state.triggers.fire(TRIGGERED).unwrap();
-        std::thread::sleep(Duration::from_millis(120));
+        let t0 = Instant::now();
+        while state.recent(Some(TRIGGERED), None, 10).len() < n {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+    assert_eq!(latest(&state, TRIGGERED).record.verdict, Some(Verdict::Anomalous));
     std::thread::sleep(Duration::from_millis(1500));
     let dir = tempfile::tempdir().unwrap();
 
@@ -678,7 +689,8 @@ fn live_page_renders_in_chromium() {
     assert!(top.contains("<path class=\"line\""), "no score trend: {top}");
     assert!(dom.contains(">READY<"), "{dom}");
     let side = card(TRIGGERED);
-    assert!(side.contains("triggered"), "{side}");
+    assert!(side.contains("triggered") && side.contains("data-verdict=\"ng\""), "{side}");
+    assert!(side.contains("<b>1</b><span>errors</span>"), "{side}");
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("live_view.png");
     let _ = std::fs::remove_file(&shot);
@@ -730,7 +742,8 @@ fn install_script_dry_run_writes_nothing_and_a_real_run_into_a_root_installs() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.lines().all(|l| !l.starts_with("+ ")), "a dry run ran something:\n{text}");
-    for want in ["/usr/local/bin/glad", "/etc/glad/station.yaml", "/etc/systemd/system/glad.service", "useradd", "systemctl daemon-reload"] {
+    for want in ["/usr/local/bin/glad", "/etc/glad/station.yaml", "/etc/systemd/system/glad.service", "useradd", "systemctl daemon-reload"]
+    {
         assert!(text.contains(want), "dry run does not mention {want}:\n{text}");
     }
 
@@ -743,6 +756,14 @@ fn install_script_dry_run_writes_nothing_and_a_real_run_into_a_root_installs() {
     assert_eq!(mode("etc/systemd/system/glad.service"), 0o644);
     let unit = std::fs::read_to_string(root.join("etc/systemd/system/glad.service")).unwrap();
     assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="), "{unit}");
+    // systemd itself accepts the unit (where systemd-analyze exists; ExecStart's binary must exist).
+    if Path::new("/usr/bin/systemd-analyze").exists() {
+        let u = dir.path().join("glad.service");
+        std::fs::write(&u, unit.replace("/usr/local/bin/glad", "/bin/true")).unwrap();
+        let out = Command::new("/usr/bin/systemd-analyze").arg("verify").arg(&u).output().unwrap();
+        let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && !msg.contains("glad.service:"), "systemd-analyze verify: {msg}");
+    }
     // A second run keeps an edited config.
     std::fs::write(root.join("etc/glad/station.yaml"), "# edited\n").unwrap();
     let (code, text) = run(&[]);

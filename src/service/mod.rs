@@ -68,11 +68,14 @@ pub struct ServiceConfig {
     /// While loading, `EXTEND_TIMEOUT_USEC=` is sent this often (each extends the start
     /// timeout by three times this).
     pub load_extend_interval_s: f64,
+    /// No more extensions after this long: a load that hangs is then killed by
+    /// `TimeoutStartSec=` instead of being extended for ever.
+    pub load_timeout_s: f64,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { drain_timeout_s: 10.0, heartbeat_max_age_s: 10.0, load_extend_interval_s: 5.0 }
+        ServiceConfig { drain_timeout_s: 10.0, heartbeat_max_age_s: 10.0, load_extend_interval_s: 5.0, load_timeout_s: 1800.0 }
     }
 }
 
@@ -87,6 +90,7 @@ impl ServiceConfig {
         check("drain_timeout_s", self.drain_timeout_s, 600.0)?;
         check("heartbeat_max_age_s", self.heartbeat_max_age_s, 3600.0)?;
         check("load_extend_interval_s", self.load_extend_interval_s, 600.0)?;
+        check("load_timeout_s", self.load_timeout_s, 86400.0)?;
         Ok(())
     }
 
@@ -125,7 +129,11 @@ where
     let signals = SignalListener::start(tx)?;
 
     let t0 = Instant::now();
-    let loading = Loading::start(notifier.clone(), Duration::from_secs_f64(opts.service.load_extend_interval_s));
+    let loading = Loading::start(
+        notifier.clone(),
+        Duration::from_secs_f64(opts.service.load_extend_interval_s),
+        Duration::from_secs_f64(opts.service.load_timeout_s),
+    );
     loading.status("loading models");
     let mut station = match start(&loading) {
         Ok(s) => s,

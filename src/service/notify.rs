@@ -72,7 +72,8 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// The load phase: `STATUS=` lines, and a thread sending `EXTEND_TIMEOUT_USEC=` (three
 /// intervals' worth) every `interval` until [`Loading::finish`], so a slow first start (a
-/// TensorRT engine build of minutes) is not killed by `TimeoutStartSec=`.
+/// TensorRT engine build of minutes) is not killed by `TimeoutStartSec=`; after `max` it stops
+/// extending (a hung load is then killed by systemd).
 pub struct Loading {
     notifier: Notifier,
     status: Arc<Mutex<String>>,
@@ -81,7 +82,7 @@ pub struct Loading {
 }
 
 impl Loading {
-    pub fn start(notifier: Notifier, interval: Duration) -> Loading {
+    pub fn start(notifier: Notifier, interval: Duration, max: Duration) -> Loading {
         let status = Arc::new(Mutex::new(String::from("loading")));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -93,6 +94,11 @@ impl Loading {
                     let mut next = Instant::now();
                     while !stop.load(Ordering::Acquire) {
                         if Instant::now() >= next {
+                            if t0.elapsed() >= max {
+                                tracing::error!("still loading after {:.0} s: no more start-timeout extensions", max.as_secs_f64());
+                                notifier.status("loading takes too long: no more start-timeout extensions");
+                                break;
+                            }
                             notifier.extend_timeout(interval * 3);
                             let s = status.lock().expect("status lock").clone();
                             notifier.status(&format!("{s} ({:.0} s)", t0.elapsed().as_secs_f64()));

@@ -235,11 +235,8 @@ fn publish(s: &Shared, camera: &str, seq: u64, sample: Option<&Sample>, t0: Inst
         serde_json::to_writer(&mut *w, &record).unwrap();
         w.write_all(b"\n").unwrap();
     }
-    let result = FrameResult {
-        record: Arc::new(record),
-        input: sample.map(|x| x.input.clone()),
-        heatmap: sample.map(|x| x.heatmap.clone()),
-    };
+    let result =
+        FrameResult { record: Arc::new(record), input: sample.map(|x| x.input.clone()), heatmap: sample.map(|x| x.heatmap.clone()) };
     s.state.publish(&result);
 }
 

@@ -53,7 +53,7 @@ function makeCard(cam) {
   const cOk = h("b", {}, "0"), cNg = h("b", {}, "0"), cErr = h("b", {}, "0");
   const dot = h("span", { class: "dot" });
   const streamText = h("span", {}, cam.status || "");
-  const trend = svg("svg", { viewBox: "0 0 600 90", preserveAspectRatio: "none", class: "trend-svg" });
+  const trend = svg("svg", { viewBox: "0 0 600 110", preserveAspectRatio: "none", class: "trend-svg" });
   const meta = h("div", { class: "meta" });
   const el = h("section", { class: "cam", "data-camera": cam.name },
     h("div", { class: "cam-head" },
@@ -121,18 +121,21 @@ function updateCard(c, cam) {
     h("span", {}, "pending triggers ", h("b", {}, String(cam.pending_triggers))),
   );
   c.threshold = threshold;
+  c.lastSeq = r ? r.seq : undefined;
 }
 
 function drawTrend(c) {
-  const W = 600, H = 90, pad = 4;
+  const W = 600, H = 110, pad = 4;
   const s = c.ui.trend;
   const now = c.history.length ? Math.max(Date.now(), c.history[c.history.length - 1].t) : Date.now();
   c.history = c.history.filter((p) => now - p.t <= TREND_MS);
   const pts = c.history;
+  // The window grows with the data up to TREND_MS, so a fresh start is not a sliver at the edge.
+  const span = Math.min(TREND_MS, Math.max(20000, pts.length ? (now - pts[0].t) * 1.05 : 0));
   const thr = c.threshold;
   let top = thr ? thr * 2 : 1;
   for (const p of pts) if (p.score !== null && p.score > top) top = p.score * 1.1;
-  const x = (t) => pad + ((t - (now - TREND_MS)) / TREND_MS) * (W - 2 * pad);
+  const x = (t) => pad + ((t - (now - span)) / span) * (W - 2 * pad);
   const y = (v) => H - pad - (Math.max(0, v) / top) * (H - 2 * pad);
   const kids = [];
   if (thr) {
@@ -151,7 +154,8 @@ function drawTrend(c) {
     if (p.err) kids.push(svg("circle", { class: "pt-err", cx: x(p.t), cy: H - pad - 2, r: 2.5 }));
   }
   const lbl = svg("text", { class: "axis", x: 4, y: 12 });
-  lbl.textContent = "score, last " + TREND_MS / 60000 + " min (" + pts.length + " frames)";
+  const spanText = span >= 60000 ? (span / 60000).toFixed(1) + " min" : Math.round(span / 1000) + " s";
+  lbl.textContent = "score, last " + spanText + " (" + pts.length + " frames)";
   kids.push(lbl);
   s.replaceChildren(...kids);
 }
@@ -204,6 +208,8 @@ async function pollResults() {
       let url = "/api/results?limit=1000&camera=" + encodeURIComponent(name);
       if (c.since !== null) url += "&since=" + c.since;
       const body = await getJson(url);
+      // A restarted station counts from 1 again: start over.
+      if (c.since !== null && c.lastSeq !== undefined && c.lastSeq < c.since) { c.since = null; c.history = []; continue; }
       for (const r of body.records) {
         c.history.push({ t: r.t_capture_ms, score: r.ok ? r.score : null, ng: r.verdict === "anomalous", err: !r.ok });
         c.since = r.seq;
