@@ -568,7 +568,7 @@ fn notify_watchdog_reload_and_sigterm_sequence() {
     let drained = log.lines().find(|l| l.contains("fake station drained")).unwrap_or_else(|| panic!("{log}"));
     let last_seq: u64 = drained.split("last frame seq ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     let text = std::fs::read_to_string(&results).unwrap();
-    let last_line = text.lines().filter(|l| l.contains(CONTINUOUS)).last().unwrap();
+    let last_line = text.lines().rfind(|l| l.contains(CONTINUOUS)).unwrap();
     let rec: FrameRecord = serde_json::from_str(last_line).unwrap();
     assert_eq!(rec.seq, last_seq, "the last frame in flight is in the results");
     let stopping_at = n.log.iter().position(|(_, l)| l == "STOPPING=1").unwrap();

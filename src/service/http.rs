@@ -390,13 +390,13 @@ enum Picture {
     Heatmap,
 }
 
-fn latest_picture(app: &App, camera: &str, which: Picture) -> std::result::Result<(u64, Arc<RgbImage>), Response> {
+fn latest_picture(app: &App, camera: &str, which: Picture) -> std::result::Result<(u64, Arc<RgbImage>), String> {
     let Some(cam) = app.state.cameras.get(camera) else {
-        return Err(error(StatusCode::NOT_FOUND, "unknown camera"));
+        return Err("unknown camera".into());
     };
     let latest = cam.latest.lock().expect("latest lock").clone();
     let Some(latest) = latest else {
-        return Err(error(StatusCode::NOT_FOUND, format!("camera `{camera}` has no frame yet")));
+        return Err(format!("camera `{camera}` has no frame yet"));
     };
     let pic = match which {
         Picture::Frame => latest.input.clone(),
@@ -404,14 +404,14 @@ fn latest_picture(app: &App, camera: &str, which: Picture) -> std::result::Resul
     };
     match pic {
         Some(p) => Ok((latest.record.seq, p)),
-        None => Err(error(StatusCode::NOT_FOUND, format!("the latest frame of `{camera}` has no picture of this kind"))),
+        None => Err(format!("the latest frame of `{camera}` has no picture of this kind")),
     }
 }
 
 async fn encoded(app: Arc<App>, camera: String, which: Picture) -> Response {
     let (seq, img) = match latest_picture(&app, &camera, which) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::NOT_FOUND, msg),
     };
     let encoded = tokio::task::spawn_blocking(move || -> image::ImageResult<Vec<u8>> {
         let mut buf = Vec::new();

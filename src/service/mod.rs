@@ -14,6 +14,22 @@
 //!    ├─ SIGHUP  → RELOADING=1, lifecycle.reload(config) → log changes / keep old → READY=1
 //!    └─ SIGTERM/SIGINT → STOPPING=1, lifecycle.shutdown(drain bound), HTTP stops, Ok(())
 //! ```
+//!
+//! Wiring `glad serve` (the station implements [`StationLifecycle`]; `http:` and `service:` are
+//! sections of the station config):
+//!
+//! ```text
+//! Command::Serve(args) => {
+//!     let config = StationConfig::load(&args.config)?;
+//!     let opts = service::ServeOptions { config_path: args.config.clone(), service: config.service.clone(), http: config.http.clone() };
+//!     service::serve(opts, |loading| { loading.status("loading bundles"); Station::start(config) }).map(|_| true)
+//! }
+//! impl service::StationLifecycle for Station {
+//!     fn state(&self) -> Arc<StationState> { Station::state(self) }
+//!     fn reload(&mut self, path: &Path) -> Result<Vec<String>> { Station::reload(self, StationConfig::load(path)?) }
+//!     fn shutdown(self, timeout: Duration) -> Result<()> { Station::shutdown(self, timeout) }
+//! }
+//! ```
 
 pub mod http;
 pub mod notify;
