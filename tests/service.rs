@@ -22,6 +22,13 @@ use service_fake::{FakeConfig, FakeOptions, FakeStation, CONTINUOUS, TRIGGERED};
 
 const TOKEN: &str = "s3cret-trigger-token-0123";
 
+/// The two tests that time things (the notify sequence) or load the CPU (Chromium) take turns.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 // ---------------------------------------------------------------- a minimal HTTP client
 
 struct Resp {
@@ -452,6 +459,7 @@ fn write_config(path: &Path, threshold: &str, port: u16) {
 
 #[test]
 fn notify_watchdog_reload_and_sigterm_sequence() {
+    let _turn = heavy();
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -652,6 +660,7 @@ fn live_page_renders_in_chromium() {
         eprintln!("skipped: no chromium");
         return;
     };
+    let _turn = heavy();
     let fake =
         FakeStation::start(FakeOptions { threshold: 0.5, period: Duration::from_millis(100), error_every: Some(2), ..Default::default() });
     let state = service::StationLifecycle::state(&fake);
