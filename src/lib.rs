@@ -14,6 +14,7 @@ pub mod glad;
 pub mod imaging;
 pub mod pipeline;
 pub mod runtime;
+pub mod service;
 pub mod sinks;
 pub mod station;
 pub mod train;

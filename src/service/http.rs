@@ -1,0 +1,509 @@
+//! The HTTP face (axum on its own tokio runtime, on its own thread). Read-only except
+//! `POST /api/trigger/<camera>`, which is off unless a token is configured.
+//!
+//! | route | answers |
+//! |---|---|
+//! | `GET /` (+ `/static/app.js`, `/static/app.css`) | the live page, embedded in the binary |
+//! | `GET /healthz` | 200 `ok` while the process serves |
+//! | `GET /readyz` | 200, or 503 with the reasons (JSON) |
+//! | `GET /metrics` | Prometheus/OpenMetrics text |
+//! | `GET /api/cameras` | cameras, their status, counts and latest record |
+//! | `GET /api/results?camera=&since=&limit=` | recent records, oldest first |
+//! | `GET /latest/<camera>.jpg`, `/latest/<camera>/heatmap.png` | the latest frame and heatmap |
+//! | `POST /api/trigger/<camera>` | `Authorization: Bearer <token>`: inspect the next frame |
+//!
+//! A camera name from a URL is only ever a key into the state's camera map.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::station::metrics::FrameLabel;
+use crate::station::StationState;
+
+/// Default port of `http.bind`.
+pub const DEFAULT_PORT: u16 = 9480;
+/// Most records one `/api/results` answer carries.
+pub const MAX_RESULTS: usize = 1000;
+/// `/api/results` without `limit`.
+pub const DEFAULT_RESULTS: usize = 100;
+/// Shortest trigger token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The `http:` section of the station config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `IP:port`; loopback unless the station should be reachable from the network (logged as a warning).
+    pub bind: String,
+    /// Enables `POST /api/trigger/<camera>` with `Authorization: Bearer <token>`.
+    pub trigger_token: Option<String>,
+    /// The same, read from a file (trimmed); keeps the secret out of the config.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { bind: format!("127.0.0.1:{DEFAULT_PORT}"), trigger_token: None, token_file: None }
+    }
+}
+
+/// A validated [`HttpConfig`].
+#[derive(Clone)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+    /// SHA-256 of the trigger token (compared in constant time).
+    token_digest: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings").field("bind", &self.bind).field("trigger", &self.token_digest.is_some()).finish()
+    }
+}
+
+impl HttpSettings {
+    pub fn triggers_enabled(&self) -> bool {
+        self.token_digest.is_some()
+    }
+}
+
+impl HttpConfig {
+    /// Validates the section (errors name the key) and reads the token file.
+    pub fn resolve(&self) -> Result<HttpSettings> {
+        let bind: SocketAddr = self
+            .bind
+            .parse()
+            .map_err(|_| anyhow!("key `http.bind`: expected IP:port such as 127.0.0.1:{DEFAULT_PORT}, got `{}`", self.bind))?;
+        let token = match (&self.trigger_token, &self.token_file) {
+            (Some(_), Some(_)) => bail!("keys `http.trigger_token` and `http.token_file`: set one of them, not both"),
+            (Some(t), None) => Some(check_token("http.trigger_token", t)?),
+            (None, Some(p)) => {
+                let t = std::fs::read_to_string(p).with_context(|| format!("key `http.token_file`: cannot read {}", p.display()))?;
+                Some(check_token("http.token_file", t.trim())?)
+            }
+            (None, None) => None,
+        };
+        Ok(HttpSettings { bind, token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()) })
+    }
+}
+
+fn check_token(key: &str, t: &str) -> Result<String> {
+    if t.chars().count() < MIN_TOKEN_LEN {
+        bail!("key `{key}`: the trigger token must have at least {MIN_TOKEN_LEN} characters");
+    }
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("key `{key}`: the trigger token must not contain whitespace");
+    }
+    Ok(t.to_string())
+}
+
+/// Equal digests, compared without an early exit.
+fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Why the station is not ready; empty when it is. Read by `/readyz`.
+pub fn readiness(state: &StationState, heartbeat_max_age: Duration) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if !state.ready.load(Ordering::Acquire) {
+        reasons.push("models not loaded and warmed up yet".to_string());
+    }
+    for cam in state.cameras.values() {
+        if !cam.triggered && !cam.streaming.load(Ordering::Relaxed) {
+            reasons.push(format!("camera `{}` not streaming: {}", cam.name, cam.status.lock().expect("status lock")));
+        }
+    }
+    for (component, reason) in state.degraded() {
+        reasons.push(format!("`{component}` degraded: {reason}"));
+    }
+    for component in state.heartbeats.stale(heartbeat_max_age) {
+        reasons.push(format!("`{component}` made no progress for {:.1} s", heartbeat_max_age.as_secs_f64()));
+    }
+    reasons
+}
+
+struct App {
+    state: Arc<StationState>,
+    settings: HttpSettings,
+    heartbeat_max_age: Duration,
+}
+
+type Shared = State<Arc<App>>;
+
+/// The running server; [`HttpServer::shutdown`] stops it.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: crossbeam_channel::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds (errors here, not later) and serves on a thread of its own.
+    pub fn start(state: Arc<StationState>, settings: HttpSettings, heartbeat_max_age: Duration) -> Result<HttpServer> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("glad-http")
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("starting the HTTP runtime")?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(settings.bind))
+            .with_context(|| format!("key `http.bind`: cannot listen on {}", settings.bind))?;
+        let addr = listener.local_addr()?;
+        if addr.ip().is_loopback() {
+            tracing::info!(%addr, "HTTP on loopback");
+        } else {
+            tracing::warn!(%addr, "HTTP bound to a non-loopback address: the station is reachable from the network");
+        }
+        if settings.triggers_enabled() {
+            tracing::info!("POST /api/trigger enabled (bearer token)");
+        }
+        let app = router(Arc::new(App { state, settings, heartbeat_max_age }));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("glad-http-main".into())
+            .spawn(move || {
+                let served = runtime.block_on(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop_rx.await;
+                        })
+                        .await
+                });
+                if let Err(e) = served {
+                    tracing::error!("HTTP server: {e}");
+                }
+                runtime.shutdown_timeout(Duration::from_millis(200));
+                let _ = done_tx.send(());
+            })
+            .context("spawning the HTTP thread")?;
+        Ok(HttpServer { addr, stop: Some(stop_tx), done, thread: Some(thread) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets open requests finish for at most `timeout`.
+    pub fn shutdown(mut self, timeout: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if self.done.recv_timeout(timeout).is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        } else {
+            tracing::warn!("HTTP connections still open after {:.1} s; leaving them", timeout.as_secs_f64());
+        }
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(page_index))
+        .route("/static/app.js", get(page_js))
+        .route("/static/app.css", get(page_css))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/cameras", get(cameras))
+        .route("/api/results", get(results))
+        .route("/latest/{camera}", get(latest_frame))
+        .route("/latest/{camera}/heatmap.png", get(latest_heatmap))
+        .route("/api/trigger/{camera}", post(trigger))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(app)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+const INDEX_HTML: &str = include_str!("static/index.html");
+const APP_JS: &str = include_str!("static/app.js");
+const APP_CSS: &str = include_str!("static/app.css");
+const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page_index() -> Response {
+    static_file("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn page_js() -> Response {
+    static_file("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn page_css() -> Response {
+    static_file("text/css; charset=utf-8", APP_CSS)
+}
+
+async fn healthz() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok\n").into_response()
+}
+
+async fn readyz(State(app): Shared) -> Response {
+    let reasons = readiness(&app.state, app.heartbeat_max_age);
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CACHE_CONTROL, "no-store")], Json(json!({ "ready": reasons.is_empty(), "reasons": reasons }))).into_response()
+}
+
+/// prometheus-client writes the OpenMetrics text format (Prometheus scrapes it as such).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn metrics(State(app): Shared) -> Response {
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], app.state.metrics.render()).into_response()
+}
+
+/// Frames of one camera by verdict label, from the `glad_frames_total` counters.
+fn count(state: &StationState, camera: &str, verdict: &str) -> u64 {
+    let label = FrameLabel { camera: camera.to_string(), verdict: verdict.to_string() };
+    state.metrics.frames.get(&label).map(|c| c.get()).unwrap_or(0)
+}
+
+async fn cameras(State(app): Shared) -> Response {
+    let st = &app.state;
+    let cams: Vec<_> = st
+        .cameras
+        .values()
+        .map(|c| {
+            let latest = c.latest.lock().expect("latest lock").clone();
+            json!({
+                "name": c.name,
+                "triggered": c.triggered,
+                "streaming": c.streaming.load(Ordering::Relaxed),
+                "status": *c.status.lock().expect("status lock"),
+                "pending_triggers": st.triggers.pending(&c.name),
+                "counts": {
+                    "ok": count(st, &c.name, "normal"),
+                    "ng": count(st, &c.name, "anomalous"),
+                    "none": count(st, &c.name, "none"),
+                    "error": count(st, &c.name, "error"),
+                },
+                "has_frame": latest.as_ref().is_some_and(|l| l.input.is_some()),
+                "has_heatmap": latest.as_ref().is_some_and(|l| l.heatmap.is_some()),
+                "latest": latest.as_ref().map(|l| l.record.as_ref()),
+            })
+        })
+        .collect();
+    let reasons = readiness(st, app.heartbeat_max_age);
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "ready": reasons.is_empty(),
+            "reasons": reasons,
+            "triggers_enabled": app.settings.triggers_enabled(),
+            "glad_version": env!("CARGO_PKG_VERSION"),
+            "cameras": cams,
+        })),
+    )
+        .into_response()
+}
+
+/// The validated query of `/api/results`.
+#[derive(Debug, PartialEq)]
+struct ResultsQuery {
+    camera: Option<String>,
+    since: Option<u64>,
+    limit: usize,
+}
+
+fn parse_results_query(raw: Option<&str>) -> std::result::Result<ResultsQuery, String> {
+    let mut q = ResultsQuery { camera: None, since: None, limit: DEFAULT_RESULTS };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| format!("bad query string: {e}"))?;
+    let mut seen = BTreeMap::new();
+    for (k, v) in pairs {
+        if seen.insert(k.clone(), ()).is_some() {
+            return Err(format!("query key `{k}` given twice"));
+        }
+        let v = v.trim();
+        match k.as_str() {
+            "camera" => q.camera = (!v.is_empty()).then(|| v.to_string()),
+            "since" if v.is_empty() => {}
+            "since" => q.since = Some(v.parse().map_err(|_| format!("query key `since`: expected a frame sequence number, got `{v}`"))?),
+            "limit" if v.is_empty() => {}
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_RESULTS).contains(n))
+                    .ok_or_else(|| format!("query key `limit`: expected an integer in 1..={MAX_RESULTS}, got `{v}`"))?
+            }
+            other => return Err(format!("unknown query key `{other}` (known: camera, since, limit)")),
+        }
+    }
+    Ok(q)
+}
+
+async fn results(State(app): Shared, RawQuery(raw): RawQuery) -> Response {
+    let q = match parse_results_query(raw.as_deref()) {
+        Ok(q) => q,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    if let Some(c) = &q.camera {
+        if !app.state.cameras.contains_key(c) {
+            return error(StatusCode::NOT_FOUND, format!("unknown camera `{c}`"));
+        }
+    }
+    let records = app.state.recent(q.camera.as_deref(), q.since, q.limit);
+    let records: Vec<&crate::sinks::FrameRecord> = records.iter().map(|r| r.as_ref()).collect();
+    ([(header::CACHE_CONTROL, "no-store")], Json(json!({ "records": records }))).into_response()
+}
+
+#[derive(Clone, Copy)]
+enum Picture {
+    Frame,
+    Heatmap,
+}
+
+fn latest_picture(app: &App, camera: &str, which: Picture) -> std::result::Result<(u64, Arc<RgbImage>), String> {
+    let Some(cam) = app.state.cameras.get(camera) else {
+        return Err("unknown camera".into());
+    };
+    let latest = cam.latest.lock().expect("latest lock").clone();
+    let Some(latest) = latest else {
+        return Err(format!("camera `{camera}` has no frame yet"));
+    };
+    let pic = match which {
+        Picture::Frame => latest.input.clone(),
+        Picture::Heatmap => latest.heatmap.clone(),
+    };
+    match pic {
+        Some(p) => Ok((latest.record.seq, p)),
+        None => Err(format!("the latest frame of `{camera}` has no picture of this kind")),
+    }
+}
+
+async fn encoded(app: Arc<App>, camera: String, which: Picture) -> Response {
+    let (seq, img) = match latest_picture(&app, &camera, which) {
+        Ok(p) => p,
+        Err(msg) => return error(StatusCode::NOT_FOUND, msg),
+    };
+    let encoded = tokio::task::spawn_blocking(move || -> image::ImageResult<Vec<u8>> {
+        let mut buf = Vec::new();
+        match which {
+            Picture::Frame => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 85).encode_image(img.as_ref())?,
+            Picture::Heatmap => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut buf))?,
+        }
+        Ok(buf)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(bytes)) => {
+            let ct = match which {
+                Picture::Frame => "image/jpeg",
+                Picture::Heatmap => "image/png",
+            };
+            let mut r = Response::new(Body::from(bytes));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert("x-glad-seq", HeaderValue::from(seq));
+            r
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoder task failed: {e}")),
+    }
+}
+
+async fn latest_frame(State(app): Shared, UrlPath(file): UrlPath<String>) -> Response {
+    match file.strip_suffix(".jpg") {
+        Some(camera) => encoded(app, camera.to_string(), Picture::Frame).await,
+        None => error(StatusCode::NOT_FOUND, "expected /latest/<camera>.jpg or /latest/<camera>/heatmap.png"),
+    }
+}
+
+async fn latest_heatmap(State(app): Shared, UrlPath(camera): UrlPath<String>) -> Response {
+    encoded(app, camera, Picture::Heatmap).await
+}
+
+async fn trigger(State(app): Shared, UrlPath(camera): UrlPath<String>, headers: HeaderMap) -> Response {
+    let Some(expected) = &app.settings.token_digest else {
+        return error(StatusCode::FORBIDDEN, "triggers over HTTP are off: no `http.trigger_token` or `http.token_file` configured");
+    };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    let Some(given) = given else {
+        let mut r = error(StatusCode::UNAUTHORIZED, "`Authorization: Bearer <token>` required");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"glad\""));
+        return r;
+    };
+    let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    if !digest_eq(&digest, expected) {
+        tracing::warn!("trigger refused: wrong token");
+        return error(StatusCode::FORBIDDEN, "wrong token");
+    }
+    let Some(cam) = app.state.cameras.get(&camera) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown camera `{camera}`"));
+    };
+    if !cam.triggered {
+        return error(StatusCode::CONFLICT, format!("camera `{camera}` streams continuously (no `trigger: true`)"));
+    }
+    if let Err(e) = app.state.triggers.fire(&camera) {
+        return error(StatusCode::NOT_FOUND, e.to_string());
+    }
+    let pending = app.state.triggers.pending(&camera);
+    tracing::info!(camera = %camera, pending, "trigger over HTTP");
+    (StatusCode::ACCEPTED, Json(json!({ "camera": camera, "pending": pending }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_query_is_validated() {
+        assert_eq!(parse_results_query(None).unwrap(), ResultsQuery { camera: None, since: None, limit: DEFAULT_RESULTS });
+        assert_eq!(
+            parse_results_query(Some("camera=a&since=4&limit=7")).unwrap(),
+            ResultsQuery { camera: Some("a".into()), since: Some(4), limit: 7 }
+        );
+        assert_eq!(parse_results_query(Some("camera=&since=&limit=")).unwrap().limit, DEFAULT_RESULTS);
+        for bad in ["limit=0", "limit=1001", "limit=x", "since=-1", "since=1.5", "foo=1", "limit=1&limit=2"] {
+            assert!(parse_results_query(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn digests_compare() {
+        let a: [u8; 32] = Sha256::digest(b"a-long-enough-token").into();
+        let b: [u8; 32] = Sha256::digest(b"a-long-enough-tokem").into();
+        assert!(digest_eq(&a, &a) && !digest_eq(&a, &b));
+    }
+}
