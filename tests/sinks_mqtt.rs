@@ -162,6 +162,18 @@ fn config(port: u16, outbox: &Path) -> MqttConfig {
     c
 }
 
+/// For tests that restart the broker: glad retries every second while the test subscriber
+/// retries every 50 ms, so the subscriber is back (and subscribed, should Mosquitto's
+/// autosave have missed its session) before glad republishes.
+fn slow_reconnect(port: u16, outbox: &Path) -> MqttConfig {
+    let mut c = MqttConfig::new("127.0.0.1", port, outbox);
+    c.reconnect_min_s = 1.0;
+    c.reconnect_max_s = 1.0;
+    c.connect_timeout_s = 2.0;
+    c.outbox.fsync_interval_s = 0.02;
+    c
+}
+
 fn ctx(station: &str, state: Option<Arc<StationState>>) -> SinkContext {
     SinkContext { station: station.into(), cameras: vec!["cam0".into(), "cam1".into()], state }
 }
@@ -228,7 +240,7 @@ fn broker_killed_mid_stream_loses_nothing_and_keeps_order() {
     std::thread::sleep(Duration::from_millis(1500)); // the subscription is autosaved
 
     let state = Arc::new(StationState::new(&[("cam0".into(), false)], 8));
-    let sink = Arc::new(config(port, &dir.path().join("outbox")).build(&ctx("st", Some(state.clone()))).unwrap());
+    let sink = Arc::new(slow_reconnect(port, &dir.path().join("outbox")).build(&ctx("st", Some(state.clone()))).unwrap());
     assert!(wait_until(5.0, || sink.stats().connected));
     let total = 150u64;
     let publisher = {
@@ -282,7 +294,7 @@ fn outbox_bound_drops_the_oldest_and_counts_them() {
     broker.kill();
 
     let state = Arc::new(StationState::new(&[("cam0".into(), false)], 8));
-    let mut c = config(port, &dir.path().join("outbox"));
+    let mut c = slow_reconnect(port, &dir.path().join("outbox"));
     c.outbox.max_bytes = 64 * 1024;
     let sink = c.build(&ctx("st", Some(state.clone()))).unwrap();
     let n = 400u64;
@@ -324,7 +336,7 @@ fn restarted_sink_delivers_the_outbox_it_left() {
     broker.kill();
 
     let outbox = dir.path().join("outbox");
-    let sink: MqttSink = config(port, &outbox).build(&ctx("st", None)).unwrap();
+    let sink: MqttSink = slow_reconnect(port, &outbox).build(&ctx("st", None)).unwrap();
     for i in 0..25 {
         sink.submit(&record("cam1", i, i % 2 == 0));
     }
@@ -332,7 +344,7 @@ fn restarted_sink_delivers_the_outbox_it_left() {
     assert_eq!(sink.stats().outbox_records, 25);
     drop(sink); // glad stops with the broker away
 
-    let sink = config(port, &outbox).build(&ctx("st", None)).unwrap();
+    let sink = slow_reconnect(port, &outbox).build(&ctx("st", None)).unwrap();
     assert_eq!(sink.stats().outbox_records, 25, "the outbox survives the restart");
     broker.restart();
     sink.submit(&record("cam1", 25, false));

@@ -86,7 +86,7 @@ impl Outbox {
             bail!("outbox bound {} B is under the minimum {} B", opts.max_bytes, MIN_OUTBOX_BYTES);
         }
         fs::create_dir_all(&opts.dir).with_context(|| format!("creating the outbox folder {}", opts.dir.display()))?;
-        let segment_target = (opts.max_bytes / 16).max(4096);
+        let segment_target = (opts.max_bytes / 16).clamp(16 * 1024, 64 * 1024 * 1024);
         let max_live = opts.max_bytes - segment_target;
         let first_live = read_acked(&opts.dir)?;
 
@@ -160,12 +160,12 @@ impl Outbox {
     }
 
     /// Appends a record, dropping the oldest ones if the bound needs it. Returns the new
-    /// record's id (None when the record alone is over the bound and was dropped) and how many
-    /// records were dropped.
+    /// record's id (None when the record alone is larger than a segment, `max_bytes / 16`
+    /// clamped to 16 KiB..64 MiB, and was dropped) and how many records were dropped.
     pub fn push(&mut self, topic: &str, payload: Vec<u8>) -> Result<(Option<u64>, u64)> {
         let entry = Entry { id: self.next_id, topic: topic.to_string(), payload };
         let size = entry.disk_bytes();
-        if size > self.max_live || topic.len() > u16::MAX as usize {
+        if size > self.segment_target || topic.len() > u16::MAX as usize {
             self.dropped_total += 1;
             return Ok((None, 1));
         }
@@ -174,7 +174,10 @@ impl Outbox {
             self.drop_oldest();
             dropped += 1;
         }
-        if self.segments.back().is_some_and(|s| s.bytes >= self.segment_target) {
+        if dropped > 0 {
+            self.gc()?;
+        }
+        if self.segments.back().is_some_and(|s| s.bytes > 0 && s.bytes + size > self.segment_target) {
             self.roll()?;
         }
         let mut body = Vec::with_capacity(size as usize);
