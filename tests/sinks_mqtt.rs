@@ -17,10 +17,7 @@ use glad_edge::station::StationState;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 fn mosquitto() -> Option<PathBuf> {
-    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"].iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 macro_rules! need_mosquitto {

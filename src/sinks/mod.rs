@@ -124,3 +124,36 @@ impl SinkCounters {
         self.queued.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Example {
+        sinks: Sinks,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sinks {
+        mqtt: Option<MqttConfig>,
+        modbus: Option<ModbusConfig>,
+        webhook: Option<WebhookConfig>,
+    }
+
+    #[test]
+    fn the_example_fragment_parses_and_validates() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sinks.example.yaml")).unwrap();
+        let e: Example = serde_yaml::from_str(&text).unwrap();
+        let mqtt = e.sinks.mqtt.unwrap();
+        assert_eq!(mqtt, { MqttConfig { host: "broker.local".into(), ..MqttConfig::new("x", 1883, "/var/lib/glad/outbox") } });
+        mqtt.settings("st").unwrap();
+        let modbus = e.sinks.modbus.unwrap();
+        assert_eq!(modbus.settings(&["cam0".into()]).unwrap().addr.to_string(), "127.0.0.1:1502");
+        let webhook = e.sinks.webhook.unwrap();
+        assert_eq!(webhook, WebhookConfig::new("https://mes.local/glad"));
+        webhook.settings().unwrap();
+    }
+}

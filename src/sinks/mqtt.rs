@@ -84,8 +84,8 @@ pub struct MqttSink {
 impl MqttSink {
     /// Opens the outbox and starts the worker thread; connecting happens in the background.
     pub fn new(s: MqttSettings, state: Option<Arc<StationState>>) -> Result<MqttSink> {
-        let outbox = Outbox::open(s.outbox.clone())
-            .with_context(|| format!("sinks.mqtt.outbox.dir: opening {}", s.outbox.dir.display()))?;
+        let outbox =
+            Outbox::open(s.outbox.clone()).with_context(|| format!("sinks.mqtt.outbox.dir: opening {}", s.outbox.dir.display()))?;
         let options = mqtt_options(&s)?;
         let shared = Arc::new(Shared {
             counters: SinkCounters::new("mqtt", state),

@@ -202,9 +202,7 @@ impl Outbox {
     /// Fsyncs pending appends and the acknowledgement mark when the batch is due (or `force`),
     /// and deletes segments that hold no live record.
     pub fn sync(&mut self, force: bool) -> Result<()> {
-        let due = force
-            || self.unsynced >= self.opts.fsync_batch
-            || self.last_sync.elapsed() >= self.opts.fsync_interval;
+        let due = force || self.unsynced >= self.opts.fsync_batch || self.last_sync.elapsed() >= self.opts.fsync_interval;
         if !due {
             return Ok(());
         }
@@ -297,11 +295,7 @@ impl Outbox {
         self.writer.sync_data().context("fsync of the outbox")?;
         self.unsynced = 0;
         let path = self.opts.dir.join(segment_name(self.next_id));
-        self.writer = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        self.writer = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
         self.segments.push_back(Segment { first_id: self.next_id, path, bytes: 0 });
         sync_dir(&self.opts.dir);
         Ok(())

@@ -63,13 +63,7 @@ impl WebhookSink {
             .name("sink-webhook".into())
             .spawn(move || worker(s, rx, stop_rx, sh))
             .context("starting the webhook thread")?;
-        Ok(WebhookSink {
-            tx: Mutex::new(Some(tx)),
-            stop_tx: Mutex::new(Some(stop_tx)),
-            shared,
-            only_ng,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(WebhookSink { tx: Mutex::new(Some(tx)), stop_tx: Mutex::new(Some(stop_tx)), shared, only_ng, thread: Mutex::new(Some(thread)) })
     }
 
     pub fn stats(&self) -> WebhookStats {
@@ -108,10 +102,7 @@ impl Sink for WebhookSink {
         let end = Instant::now() + timeout;
         while self.shared.pending.load(Ordering::Relaxed) > 0 {
             if Instant::now() >= end {
-                return Err(anyhow!(
-                    "webhook: {} records still pending after {timeout:?}",
-                    self.shared.pending.load(Ordering::Relaxed)
-                ));
+                return Err(anyhow!("webhook: {} records still pending after {timeout:?}", self.shared.pending.load(Ordering::Relaxed)));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -145,12 +136,8 @@ enum Attempt {
 }
 
 fn worker(s: WebhookSettings, rx: Receiver<Arc<FrameRecord>>, stop_rx: Receiver<()>, sh: Arc<Shared>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(s.timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(s.timeout)).http_status_as_error(false).max_redirects(0).build().into();
     let mut degraded = false;
     while let Ok(rec) = rx.recv() {
         sh.counters.set_queued(rx.len() as i64);
