@@ -353,3 +353,64 @@ fn restarted_sink_delivers_the_outbox_it_left() {
     let sink = config(port, &outbox).build(&ctx("st", None)).unwrap();
     assert_eq!(sink.stats().outbox_records, 0);
 }
+
+fn sh(dir: &Path, cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(cmd).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn tls_with_a_ca_file_delivers_and_an_untrusted_broker_is_degraded() {
+    let bin = need_mosquitto!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A throw-away CA and a server certificate for localhost (openssl CLI).
+    let made = sh(d, "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=glad-test-ca")
+        && sh(d, "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr -subj /CN=localhost")
+        && sh(d, "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf")
+        && sh(d, "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf");
+    if !made {
+        eprintln!("SKIPPED: could not make test certificates with the openssl CLI");
+        return;
+    }
+    let (plain, tls) = (free_port(), free_port());
+    std::fs::write(
+        d.join("tls.conf"),
+        format!(
+            "listener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nallow_anonymous true\nuser root\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.join("mosquitto.log")).unwrap();
+    let child = Command::new(&bin).arg("-c").arg(d.join("tls.conf")).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let _broker = Broker { bin, port: plain, dir: d.to_path_buf(), child: Some(child) };
+    assert!(wait_until(10.0, || std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok()));
+    let (_c, rx) = subscriber(plain, "sub-tls");
+
+    let mut c = config(tls, &d.join("outbox"));
+    c.host = "localhost".into();
+    c.tls = Some(glad_edge::sinks::mqtt_config::MqttTlsConfig {
+        ca_file: Some(d.join("ca.pem")),
+        client_cert_file: None,
+        client_key_file: None,
+    });
+    let sink = c.build(&ctx("tls", None)).unwrap();
+    sink.submit(&record("cam0", 42, true));
+    let msgs = collect(&rx, 10.0, |m| !results(m).is_empty());
+    assert_eq!(results(&msgs)[0].seq, 42, "{msgs:?}");
+    assert!(sink.stats().connected);
+
+    // The system roots do not know this CA: the sink stays disconnected and says so.
+    let mut c = config(tls, &d.join("outbox-untrusted"));
+    c.host = "localhost".into();
+    c.tls = Some(glad_edge::sinks::mqtt_config::MqttTlsConfig { ca_file: None, client_cert_file: None, client_key_file: None });
+    match c.build(&ctx("tls2", None)) {
+        Ok(sink) => {
+            sink.submit(&record("cam0", 1, true));
+            assert!(wait_until(5.0, || matches!(sink.health(), Health::Degraded(_))));
+            assert!(!sink.stats().connected);
+            assert_eq!(sink.stats().outbox_records, 1, "kept for later");
+        }
+        Err(e) => assert!(e.to_string().contains("no system root certificates"), "{e:#}"),
+    }
+}

@@ -30,6 +30,9 @@ use super::outbox::Outbox;
 use super::{FrameRecord, FrameResult, Health, Sink, SinkCounters};
 use crate::station::StationState;
 
+/// Records whose JSON is larger are dropped and counted (a record is normally about 1 KiB).
+pub const MAX_PAYLOAD: usize = 256 * 1024;
+
 enum Ctl {
     Flush(std::sync::mpsc::Sender<Result<()>>),
     Shutdown,
@@ -190,6 +193,9 @@ fn mqtt_options(s: &MqttSettings) -> Result<MqttOptions> {
     let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     o.set_keep_alive(s.keepalive);
     o.set_clean_session(true);
+    // Larger than any record we publish (see MAX_PAYLOAD): an oversize publish would fail the
+    // connection every time it is retried.
+    o.set_max_packet_size(2 * MAX_PAYLOAD, 2 * MAX_PAYLOAD);
     o.set_inflight(s.inflight.saturating_add(1));
     o.set_request_channel_capacity(s.inflight as usize + 16);
     o.set_last_will(LastWill::new(status_topic(s), "offline", QoS::AtLeastOnce, true));
@@ -404,6 +410,11 @@ impl Worker {
                 return;
             }
         };
+        if payload.len() > MAX_PAYLOAD {
+            tracing::warn!(camera = %rec.camera, seq = rec.seq, bytes = payload.len(), "mqtt: record too large to publish; dropped");
+            self.shared.counters.add_dropped(1);
+            return;
+        }
         match self.outbox.push(&topic, payload) {
             Ok((_, dropped)) if dropped > 0 => {
                 self.shared.counters.add_dropped(dropped);
