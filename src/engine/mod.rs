@@ -14,8 +14,8 @@ pub use onnx_models::{ModelTimes, OnnxModels};
 
 use crate::bundle::Bundle;
 use crate::glad::reconstruct::{AdpStop, Noise};
-use crate::glad::schedule::AlphaBar;
-use crate::glad::{anomaly_maps, reconstruct, Params};
+use crate::glad::schedule::{AlphaBar, SchedulerConfig};
+use crate::glad::{anomaly_maps, reconstruct, Checked, Models, Params};
 
 /// Per-batch timing of each stage.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -58,7 +58,12 @@ impl Engine {
         }
         let ab = AlphaBar::new(&bundle.manifest.scheduler)?;
         if params.denoise_step >= ab.len() {
-            bail!("denoise_step {} must be below the scheduler's {} train timesteps", params.denoise_step, ab.len());
+            bail!(
+                "key `denoise_step`: {} must be below `scheduler.train_timesteps` ({}) of {}",
+                params.denoise_step,
+                ab.len(),
+                bundle.dir.join(crate::bundle::Manifest::FILE).display()
+            );
         }
         Ok(Engine { bundle, params, ab })
     }
@@ -79,18 +84,37 @@ impl Engine {
             bail!("input batch has shape {:?}, expected [B,3,{r},{r}]", x.shape());
         }
         let sched = self.bundle.manifest.scheduler.clone();
+        let latent = self.latent_shape();
         let mut models = OnnxModels::new(&mut self.bundle);
-        let t0 = Instant::now();
-        let rec = reconstruct(&mut models, &sched, &self.ab, &self.params, x, noise)?;
-        let t1 = Instant::now();
-        let maps = anomaly_maps(&mut models, &self.params, x, rec.images.view())?;
-        let times = StageTimes { models: models.times.clone(), reconstruct: t1 - t0, anomaly_map: t1.elapsed() };
-        let out = maps
-            .into_iter()
-            .zip(rec.adp)
-            .zip(rec.images.axis_iter(Axis(0)))
-            .map(|((m, adp), img)| Inspection { score: m.score, adp, map: m.map, reconstruction: img.to_owned() })
-            .collect();
+        let (out, reconstruct, anomaly_map) = inspect_with(&mut models, &sched, &self.ab, &self.params, latent, x, noise)?;
+        let times = StageTimes { models: models.times.clone(), reconstruct, anomaly_map };
         Ok((out, times))
     }
+}
+
+/// GLAD on a batch with any [`Models`] (checked by [`Checked`]: a wrong shape, a wrong batch,
+/// NaN or Inf from a model is an error of this batch): the inspections, and the wall times of
+/// the reconstruction and of the anomaly maps. `latent` is `(channels, side)`.
+pub fn inspect_with<M: Models>(
+    models: &mut M,
+    sched: &SchedulerConfig,
+    ab: &AlphaBar,
+    params: &Params,
+    latent: (usize, usize),
+    x: ArrayView4<'_, f32>,
+    noise: &Noise,
+) -> Result<(Vec<Inspection>, Duration, Duration)> {
+    let mut checked = Checked::new(models, latent, x.shape()[2]);
+    let t0 = Instant::now();
+    let rec = reconstruct(&mut checked, sched, ab, params, x, noise)?;
+    let t1 = Instant::now();
+    let maps = anomaly_maps(&mut checked, params, x, rec.images.view())?;
+    let t2 = t1.elapsed();
+    let out = maps
+        .into_iter()
+        .zip(rec.adp)
+        .zip(rec.images.axis_iter(Axis(0)))
+        .map(|((m, adp), img)| Inspection { score: m.score, adp, map: m.map, reconstruction: img.to_owned() })
+        .collect();
+    Ok((out, t1 - t0, t2))
 }

@@ -4,6 +4,7 @@
 //! production and on closed-form fakes in tests.
 
 pub mod anomaly;
+pub mod checked;
 pub mod features;
 pub mod maps;
 pub mod params;
@@ -14,6 +15,7 @@ use anyhow::Result;
 use ndarray::{Array4, ArrayView4};
 
 pub use anomaly::{anomaly_maps, AnomalyMap};
+pub use checked::Checked;
 pub use features::Tokens;
 pub use params::{LatentMode, ParamOverrides, Params};
 pub use reconstruct::{reconstruct, Reconstruction};

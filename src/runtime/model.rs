@@ -58,6 +58,9 @@ fn dtype_name(t: Option<TensorElementType>) -> &'static str {
 impl Model {
     /// Loads `path` for the bundle role `role` (used in every message about this model).
     pub fn load(role: &str, path: &Path, providers_cfg: &ProvidersConfig, library: Option<&Path>, threads: usize) -> Result<Model> {
+        if path.is_dir() {
+            bail!("{role}: model file {} is a directory, not an ONNX file", path.display());
+        }
         if !path.is_file() {
             bail!("{role}: model file {} does not exist", path.display());
         }
