@@ -93,7 +93,7 @@ pub fn png_is_complete(data: &[u8]) -> bool {
     while let Some(head) = data.get(pos..pos + 8) {
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if &head[4..8] == b"IEND" {
-            return true;
+            return data.len() >= pos + 12;
         }
         pos = match pos.checked_add(12).and_then(|p| p.checked_add(len)) {
             Some(p) => p,
@@ -109,7 +109,7 @@ pub fn decode(data: &[u8], name: &Path, limits: &ImageLimits) -> Result<DynamicI
     use image::ImageDecoder;
     let bad = |e: image::ImageError| match e {
         image::ImageError::Limits(e) => anyhow::anyhow!(
-            "{}: cannot decode image: {e} (`limits.max_image_side` {}, `limits.max_image_bytes` {})",
+            "{}: cannot decode image: {e}: over the limits (`limits.max_image_side` {}, `limits.max_image_bytes` {})",
             name.display(),
             limits.max_image_side,
             limits.max_image_bytes
