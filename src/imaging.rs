@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use image::{imageops::FilterType, DynamicImage, Rgb, RgbImage};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
+use serde::{Deserialize, Serialize};
 
 /// Limits on what a decoder may allocate (the `limits:` config keys). An image over them is
 /// refused before any pixel buffer is allocated, so a small file declaring huge dimensions

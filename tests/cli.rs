@@ -309,7 +309,16 @@ fn calibration_records_its_settings_and_inspect_refuses_others() {
     assert_eq!(rec.bundle, "tiny");
     // Same settings (from the station config alone): accepted, verdicts given.
     let run = |extra: &[&str]| {
-        glad().arg("inspect").arg(normal.join("0.png")).arg("--config").arg(&station).arg("--out").arg(tmp.path().join("o")).args(extra).output().unwrap()
+        glad()
+            .arg("inspect")
+            .arg(normal.join("0.png"))
+            .arg("--config")
+            .arg(&station)
+            .arg("--out")
+            .arg(tmp.path().join("o"))
+            .args(extra)
+            .output()
+            .unwrap()
     };
     let o = run(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -417,7 +426,11 @@ fn inputs_that_used_to_panic_get_one_line_errors() {
     for bad in ["18446744073709551615", "1000000000", "0", "257"] {
         let o = inspect_args(&[&img], &tmp.path().join("out"), &["--batch", bad]);
         assert!(!o.status.success() && o.stdout.is_empty(), "--batch {bad}");
-        assert!(stderr(&o).contains("--batch") && (stderr(&o).contains("1..=256") || stderr(&o).contains("whole number")), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--batch") && (stderr(&o).contains("1..=256") || stderr(&o).contains("whole number")),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 
@@ -582,7 +595,8 @@ fn full_disk_leaves_no_partial_outputs() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("small");
     std::fs::create_dir_all(&mnt).unwrap();
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&mnt).status().map(|s| s.success()).unwrap_or(false);
+    let ok =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&mnt).status().map(|s| s.success()).unwrap_or(false);
     if !ok {
         eprintln!("skipped: cannot mount a tmpfs (not root?)");
         return;
@@ -598,9 +612,11 @@ fn full_disk_leaves_no_partial_outputs() {
     std::fs::create_dir_all(&d).unwrap();
     for i in 0..6u8 {
         // Noise compresses badly: a ~50 kB heatmap each, so the disk fills on the second.
-        RgbImage::from_fn(128, 128, |x, y| Rgb([(x * 31 + y * 17 + i as u32 * 5) as u8 ^ (y * 7) as u8, (x * y) as u8, (x ^ (y * 3)) as u8]))
-            .save(d.join(format!("{i}.png")))
-            .unwrap();
+        RgbImage::from_fn(128, 128, |x, y| {
+            Rgb([(x * 31 + y * 17 + i as u32 * 5) as u8 ^ (y * 7) as u8, (x * y) as u8, (x ^ (y * 3)) as u8])
+        })
+        .save(d.join(format!("{i}.png")))
+        .unwrap();
     }
     let o = inspect_args(&[&d], &mnt, &["--save-reconstruction", "--save-map"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

@@ -56,8 +56,32 @@ const TINY_MANIFEST: &str = include_str!("../onnx/tiny/bundle.yaml");
 /// Text edits: replace a byte range of `base` with a snippet of YAML that often matters.
 fn yaml_mutate(base: &str, at: usize, len: usize, snippet: usize) -> String {
     const SNIPPETS: &[&str] = &[
-        ".nan", ".inf", "-.inf", "-1", "0", "1e39", "18446744073709551616", "null", "[]", "{}", "\"x\"", ": :", "- ", "\n  ", "\t",
-        "&a", "*a", "!!binary", "~", "1.0e-45", "true", "'", "\"", "#", "999999999999", "0x10",
+        ".nan",
+        ".inf",
+        "-.inf",
+        "-1",
+        "0",
+        "1e39",
+        "18446744073709551616",
+        "null",
+        "[]",
+        "{}",
+        "\"x\"",
+        ": :",
+        "- ",
+        "\n  ",
+        "\t",
+        "&a",
+        "*a",
+        "!!binary",
+        "~",
+        "1.0e-45",
+        "true",
+        "'",
+        "\"",
+        "#",
+        "999999999999",
+        "0x10",
     ];
     let bytes = base.as_bytes();
     let at = at % (bytes.len() + 1);

@@ -143,7 +143,8 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
         args.write.display(),
         serde_yaml::to_string(&station)?
     );
-    crate::imaging::write_atomic(&args.write, text.as_bytes()).with_context(|| format!("{}: cannot write station config", args.write.display()))?;
+    crate::imaging::write_atomic(&args.write, text.as_bytes())
+        .with_context(|| format!("{}: cannot write station config", args.write.display()))?;
     eprintln!("wrote {}", args.write.display());
     Ok(true)
 }

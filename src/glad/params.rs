@@ -197,7 +197,10 @@ mod tests {
         assert!(e.contains("key `glad.denoise_step`") && e.contains("got 0"), "{e}");
         let e = ParamOverrides { steps: Some(0), ..Default::default() }.resolve_named(8, &what).unwrap_err().to_string();
         assert!(e.contains("key `glad.steps`"), "{e}");
-        let e = ParamOverrides { denoise_step: Some(10), steps: Some(20), ..Default::default() }.resolve_named(8, &what).unwrap_err().to_string();
+        let e = ParamOverrides { denoise_step: Some(10), steps: Some(20), ..Default::default() }
+            .resolve_named(8, &what)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key `glad.steps`") && e.contains("denoise_step (10"), "{e}");
         for (name, o) in [
             ("tau", ParamOverrides { tau: Some(f32::NAN), ..Default::default() }),

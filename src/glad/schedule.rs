@@ -71,7 +71,11 @@ impl SchedulerConfig {
             bail!("key `scheduler.train_timesteps`: must be in 2..=100000, got {}", self.train_timesteps);
         }
         if self.steps_offset >= self.train_timesteps {
-            bail!("key `scheduler.steps_offset`: must be below `scheduler.train_timesteps` ({}), got {}", self.train_timesteps, self.steps_offset);
+            bail!(
+                "key `scheduler.steps_offset`: must be below `scheduler.train_timesteps` ({}), got {}",
+                self.train_timesteps,
+                self.steps_offset
+            );
         }
         Ok(())
     }
