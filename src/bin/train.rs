@@ -123,8 +123,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         command: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
         force: args.force,
     };
-    // Before anything is loaded: a refused --out costs nothing.
-    glad_edge::train::output::check_out(&args.bundle, &opts.out, opts.force)?;
+    // Before anything is loaded: a refused --out costs nothing (a missing bundle is reported
+    // by the loader, naming its bundle.yaml).
+    if args.bundle.is_dir() {
+        glad_edge::train::output::check_out(&args.bundle, &opts.out, opts.force)?;
+    }
     let mut trainer = Trainer::load(&args.bundle, args.batch, &rt)?;
     let report = trainer.train(&opts)?;
     let first = report.losses.first().copied().unwrap_or(f64::NAN);

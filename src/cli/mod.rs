@@ -35,7 +35,7 @@ pub struct CommonArgs {
 /// GLAD parameters settable on the command line (they win over config, preset and bundle).
 #[derive(Debug, Clone, Default, Args)]
 pub struct ParamArgs {
-    /// ADP threshold tau (0 turns ADP off), in [0, 2].
+    /// ADP threshold tau (0 turns ADP off), in [0, 100].
     #[arg(long, value_parser = parse_finite)]
     pub tau: Option<f32>,
     /// T: start of the DDIM grid.

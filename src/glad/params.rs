@@ -106,7 +106,7 @@ impl ParamOverrides {
         }
         check_int(self.steps, 1, MAX_STEP, "steps", what)?;
         check_float(self.guidance, 0.0, 100.0, "guidance", what)?;
-        check_float(self.tau, 0.0, 2.0, "tau", what)?;
+        check_float(self.tau, 0.0, 100.0, "tau", what)?;
         check_int(self.min_step, 0, MAX_STEP, "min_step", what)?;
         check_float(self.v, 0.0, 100.0, "v", what)?;
         check_int(self.top_k, 1, MAX_TOP_K, "top_k", what)?;
