@@ -3,12 +3,56 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::parse_yaml;
-use crate::glad::ParamOverrides;
+use crate::glad::{ParamOverrides, Params};
+use crate::imaging::ImageLimits;
 use crate::runtime::RuntimeConfig;
+
+/// Largest `inspect.batch` / `--batch`.
+pub const MAX_BATCH: usize = 256;
+/// Largest `inspect.workers` / `--workers`.
+pub const MAX_WORKERS: usize = 64;
+/// Largest `runtime.threads` / `--threads`.
+pub const MAX_THREADS: usize = 1024;
+
+/// The rule for a batch size (flag and config key alike): 1..=[`MAX_BATCH`].
+pub fn check_batch(n: usize) -> std::result::Result<usize, String> {
+    if (1..=MAX_BATCH).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be in 1..={MAX_BATCH} (the batch limit), got {n}"))
+    }
+}
+
+/// The rule for a worker count: 1..=[`MAX_WORKERS`].
+pub fn check_workers(n: usize) -> std::result::Result<usize, String> {
+    if (1..=MAX_WORKERS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be in 1..={MAX_WORKERS} (the worker limit), got {n}"))
+    }
+}
+
+/// The rule for a thread count: 0 (all cores) ..=[`MAX_THREADS`].
+pub fn check_threads(n: usize) -> std::result::Result<usize, String> {
+    if n <= MAX_THREADS {
+        Ok(n)
+    } else {
+        Err(format!("must be in 0..={MAX_THREADS} (0 = all cores), got {n}"))
+    }
+}
+
+/// The rule for a verdict threshold: finite and above 0 (a NaN would call every image normal).
+pub fn check_threshold(t: f32) -> std::result::Result<f32, String> {
+    if t.is_finite() && t > 0.0 {
+        Ok(t)
+    } else {
+        Err(format!("must be a finite number above 0, got {t}"))
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,6 +83,44 @@ impl Default for InspectConfig {
     }
 }
 
+/// Everything a calibration's scores depended on: `inspect` refuses to apply its threshold
+/// under other settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibratedWith {
+    /// The bundle manifest's `name`.
+    pub bundle: String,
+    /// The resolved GLAD parameters.
+    pub params: Params,
+    /// The noise source: the seed, or the folder of .npy noise (which wins).
+    pub noise: NoiseConfig,
+}
+
+impl CalibratedWith {
+    /// The keys that differ from `now`, as `key (calibrated A, now B)`.
+    pub fn differences(&self, now: &CalibratedWith) -> Vec<String> {
+        let flat = |c: &CalibratedWith| -> BTreeMap<String, serde_json::Value> {
+            let mut m = BTreeMap::new();
+            m.insert("bundle".to_string(), serde_json::json!(c.bundle));
+            if let Ok(serde_json::Value::Object(p)) = serde_json::to_value(&c.params) {
+                m.extend(p.into_iter().map(|(k, v)| (format!("glad.{k}"), v)));
+            }
+            match &c.noise.dir {
+                Some(d) => m.insert("noise.dir".to_string(), serde_json::json!(d.to_string_lossy())),
+                None => m.insert("noise.seed".to_string(), serde_json::json!(c.noise.seed)),
+            };
+            m
+        };
+        let (a, b) = (flat(self), flat(now));
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| format!("{k} (calibrated {}, now {})", show(a.get(k)), show(b.get(k))))
+            .collect()
+    }
+}
+
 /// A station's calibration, written by `glad calibrate` from normal images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +133,9 @@ pub struct Calibration {
     pub normal_mean: f32,
     pub normal_std: f32,
     pub normal_max: f32,
+    /// The settings the scores were computed with (absent in configs of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<CalibratedWith>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -68,19 +153,38 @@ pub struct Config {
     /// Verdict threshold without a calibration (a calibration's threshold wins).
     pub threshold: Option<f32>,
     pub calibration: Option<Calibration>,
+    /// What an image decode may allocate (decompression bombs are refused before decoding).
+    pub limits: ImageLimits,
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
         let c: Config = parse_yaml(path, &text)?;
-        if c.inspect.batch == 0 {
-            bail!("{}: key `inspect.batch`: must be at least 1", path.display());
-        }
-        if c.inspect.workers == 0 {
-            bail!("{}: key `inspect.workers`: must be at least 1", path.display());
-        }
+        c.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(c)
+    }
+
+    /// Range checks of every key a type cannot express: `key `...`: what was expected`.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let key = |k: &str, r: std::result::Result<usize, String>| r.map(|_| ()).map_err(|e| format!("key `{k}`: {e}"));
+        key("inspect.batch", check_batch(self.inspect.batch))?;
+        key("inspect.workers", check_workers(self.inspect.workers))?;
+        key("runtime.threads", check_threads(self.runtime.threads))?;
+        if let Some(t) = self.threshold {
+            check_threshold(t).map_err(|e| format!("key `threshold`: {e}"))?;
+        }
+        if let Some(c) = &self.calibration {
+            check_threshold(c.threshold).map_err(|e| format!("key `calibration.threshold`: {e}"))?;
+            for (k, v) in [("normal_mean", c.normal_mean), ("normal_std", c.normal_std), ("normal_max", c.normal_max)] {
+                if !v.is_finite() {
+                    return Err(format!("key `calibration.{k}`: must be finite, got {v}"));
+                }
+            }
+        }
+        self.glad.check(&|k| format!("key `glad.{k}`")).map_err(|e| e.to_string())?;
+        self.limits.check()?;
+        Ok(())
     }
 
     /// The verdict threshold: the calibration's, else `threshold`.
@@ -115,6 +219,9 @@ pub fn preset(name: &str) -> Result<ParamOverrides> {
         let names: Vec<&str> = file.classes.keys().map(String::as_str).collect();
         format!("preset `{name}`: unknown class `{class}` (known: {})", names.join(", "))
     })?;
+    let what = |k: &str| format!("preset {name}: key `{k}`");
+    file.common.check(&what)?;
+    class_params.check(&what)?;
     Ok(file.common.merged(class_params))
 }
 

@@ -1,30 +1,176 @@
 //! Images in and out: decoding any format the `image` crate reads into RGB, GLAD's
 //! preprocessing, and heatmap overlays.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use image::{imageops::FilterType, DynamicImage, Rgb, RgbImage};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
+use serde::{Deserialize, Serialize};
 
-/// Decodes `path`, applies its EXIF orientation and converts it to 8-bit RGB explicitly:
-/// grayscale and palettes are expanded, alpha is dropped (not composited, as PIL's
-/// `convert("RGB")`), 16-bit channels are scaled to 8 bits (`round(v / 257)`; PIL would clamp
-/// them at 255, which destroys a 16-bit image).
-pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+/// Limits on what a decoder may allocate (the `limits:` config keys). An image over them is
+/// refused before any pixel buffer is allocated, so a small file declaring huge dimensions
+/// (a decompression bomb) costs nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageLimits {
+    /// Largest accepted width and height, in pixels.
+    pub max_image_side: u32,
+    /// Largest accepted file size, and the most a decode may allocate (decoded pixels plus the
+    /// RGB conversion), in bytes.
+    pub max_image_bytes: u64,
+}
+
+impl ImageLimits {
+    pub const DEFAULT: ImageLimits = ImageLimits { max_image_side: 16384, max_image_bytes: 512 << 20 };
+    /// Range checks of the keys (`limits.max_image_side` 1..=65535, `limits.max_image_bytes` 1 KiB..=64 GiB).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(1..=65535).contains(&self.max_image_side) {
+            return Err(format!("key `limits.max_image_side`: must be in 1..=65535, got {}", self.max_image_side));
+        }
+        if !(1024..=64 << 30).contains(&self.max_image_bytes) {
+            return Err(format!("key `limits.max_image_bytes`: must be in 1024..=68719476736 (64 GiB), got {}", self.max_image_bytes));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits::DEFAULT
+    }
+}
+
+static LIMITS: RwLock<ImageLimits> = RwLock::new(ImageLimits::DEFAULT);
+
+/// Sets the limits every later [`load_rgb`] / [`load_luma`] in this process applies (the CLI
+/// does so from the config's `limits:`).
+pub fn set_limits(limits: ImageLimits) {
+    *LIMITS.write().unwrap_or_else(|e| e.into_inner()) = limits;
+}
+
+/// The limits in force.
+pub fn limits() -> ImageLimits {
+    *LIMITS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads `path` for decoding: only a regular file (a FIFO or a device is refused without being
+/// opened), at most `max_image_bytes` long.
+fn read_image_file(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: no such file or folder", path.display()),
+        _ => anyhow::anyhow!("{}: cannot open: {e}", path.display()),
+    })?;
+    if meta.is_dir() {
+        bail!("{}: is a directory, not an image file", path.display());
+    }
+    if !meta.is_file() {
+        bail!("{}: not a regular file (a FIFO, socket or device is never read)", path.display());
+    }
+    if meta.len() > limits.max_image_bytes {
+        bail!("{}: file is {} bytes, over `limits.max_image_bytes` ({})", path.display(), meta.len(), limits.max_image_bytes);
+    }
+    std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// Whether a JPEG's data is complete: after the last start-of-scan marker (`FF DA`) there must be
+/// an end-of-image marker (`FF D9`). Entropy-coded data never contains `FF DA` or `FF D9` (its
+/// `FF` bytes are stuffed), so a file cut anywhere inside its last scan lacks the EOI; the image
+/// crate's decoder would fill the rest of the frame with grey and return Ok.
+pub fn jpeg_is_complete(data: &[u8]) -> bool {
+    let last = |pat: [u8; 2], from: usize| data.get(from..).and_then(|d| d.windows(2).rposition(|w| w == pat)).map(|p| p + from);
+    match last([0xFF, 0xDA], 0) {
+        Some(sos) => last([0xFF, 0xD9], sos + 2).is_some(),
+        None => false,
+    }
+}
+
+/// Whether a PNG's chunk stream reaches its `IEND` chunk (walks the chunk lengths).
+pub fn png_is_complete(data: &[u8]) -> bool {
+    let mut pos = 8usize;
+    while let Some(head) = data.get(pos..pos + 8) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if &head[4..8] == b"IEND" {
+            return data.len() >= pos + 12;
+        }
+        pos = match pos.checked_add(12).and_then(|p| p.checked_add(len)) {
+            Some(p) => p,
+            None => return false,
+        };
+    }
+    false
+}
+
+/// Decodes an encoded image (`name` is used in messages) under `limits`, applies its EXIF
+/// orientation, and refuses a file that did not decode completely (a truncated JPEG or PNG).
+pub fn decode(data: &[u8], name: &Path, limits: &ImageLimits) -> Result<DynamicImage> {
     use image::ImageDecoder;
-    let bad = |e: image::ImageError| anyhow::anyhow!("{}: cannot decode image: {e}", path.display());
-    let mut decoder = image::ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?
+    let bad = |e: image::ImageError| match e {
+        image::ImageError::Limits(e) => anyhow::anyhow!(
+            "{}: cannot decode image: {e}: over the limits (`limits.max_image_side` {}, `limits.max_image_bytes` {})",
+            name.display(),
+            limits.max_image_side,
+            limits.max_image_bytes
+        ),
+        e => anyhow::anyhow!("{}: cannot decode image: {e}", name.display()),
+    };
+    let reader = image::ImageReader::new(std::io::Cursor::new(data))
         .with_guessed_format()
-        .with_context(|| format!("{}: cannot read", path.display()))?
-        .into_decoder()
-        .map_err(bad)?;
+        .with_context(|| format!("{}: cannot read", name.display()))?;
+    let format = reader.format();
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(limits.max_image_side);
+    lim.max_image_height = Some(limits.max_image_side);
+    lim.max_alloc = Some(limits.max_image_bytes);
+    let mut reader = reader;
+    reader.limits(lim);
+    if reader.format().is_none() {
+        bail!("{}: cannot decode image: unknown format (png, jpeg, bmp or tiff expected)", name.display());
+    }
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    let (w, h) = decoder.dimensions();
+    let side = limits.max_image_side;
+    if w == 0 || h == 0 {
+        bail!("{}: image is {w}x{h}", name.display());
+    }
+    if w > side || h > side {
+        bail!("{}: image is {w}x{h}, over `limits.max_image_side` ({side})", name.display());
+    }
+    // The decoded buffer plus the 8-bit RGB copy made from it.
+    let need = decoder.total_bytes().saturating_add(w as u64 * h as u64 * 3);
+    if need > limits.max_image_bytes {
+        bail!("{}: image is {w}x{h} ({need} bytes to decode), over `limits.max_image_bytes` ({})", name.display(), limits.max_image_bytes);
+    }
+    match format {
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(data) => {
+            bail!("{}: truncated JPEG (no end-of-image marker after the last scan)", name.display())
+        }
+        Some(image::ImageFormat::Png) if !png_is_complete(data) => bail!("{}: truncated PNG (no IEND chunk)", name.display()),
+        _ => {}
+    }
     // EXIF orientation first, as the reference's `ImageOps.exif_transpose`.
     let orientation = decoder.orientation().map_err(bad)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
     img.apply_orientation(orientation);
-    Ok(to_rgb(img))
+    Ok(img)
+}
+
+/// Decodes `path`, applies its EXIF orientation and converts it to 8-bit RGB explicitly:
+/// grayscale and palettes are expanded, alpha is dropped (not composited, as PIL's
+/// `convert("RGB")`), 16-bit channels are scaled to 8 bits (`round(v / 257)`; PIL would clamp
+/// them at 255, which destroys a 16-bit image). Every image glad reads goes through [`decode`]
+/// with the process's [`limits`].
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let limits = limits();
+    Ok(to_rgb(decode(&read_image_file(path, &limits)?, path, &limits)?))
+}
+
+/// Decodes `path` (as [`load_rgb`]) to 8-bit grayscale: ground-truth masks.
+pub fn load_luma(path: &Path) -> Result<image::GrayImage> {
+    let limits = limits();
+    Ok(decode(&read_image_file(path, &limits)?, path, &limits)?.to_luma8())
 }
 
 pub fn to_rgb(img: DynamicImage) -> RgbImage {
@@ -92,12 +238,40 @@ pub fn heat_range(map: &Array2<f32>, threshold: Option<f32>) -> (f32, f32) {
 }
 
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    }
-    img.save(path).map_err(|e| anyhow::anyhow!("{}: cannot write PNG: {e}", path.display()))
+    let mut buf = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
+        .map_err(|e| anyhow::anyhow!("{}: cannot encode PNG: {e}", path.display()))?;
+    write_atomic(path, &buf)
 }
 
 pub fn save_npy<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>, path: &Path) -> Result<()> {
-    ndarray_npy::write_npy(path, a).map_err(|e| anyhow::anyhow!("{}: cannot write .npy: {e}", path.display()))
+    use ndarray_npy::WriteNpyExt;
+    let mut buf = Vec::new();
+    a.write_npy(&mut buf).map_err(|e| anyhow::anyhow!("{}: cannot encode .npy: {e}", path.display()))?;
+    write_atomic(path, &buf)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// full disk or a crash never leaves a partial (or 0-byte) file under the final name; the
+/// temporary file is removed on failure. Creates the parent folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp: PathBuf = dir.join(tmp_name);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("{}: cannot write: {e}", path.display());
+    }
+    Ok(())
 }

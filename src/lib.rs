@@ -16,5 +16,6 @@ pub mod pipeline;
 pub mod runtime;
 pub mod service;
 pub mod sinks;
+pub mod sources;
 pub mod station;
 pub mod train;

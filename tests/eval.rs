@@ -85,6 +85,47 @@ fn feature_baseline_scores_the_same_layout() {
     check_metrics(&out, 8);
 }
 
+// ---- Reliability (issue 10) ----
+
+#[test]
+fn eval_quotes_csv_keeps_images_with_bad_masks_and_warns_on_mask_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_dataset(tmp.path());
+    let b = ds.join("brick");
+    // A comma in a file name; an undecodable mask; a mask of the wrong size.
+    std::fs::rename(b.join("test/good/000.png"), b.join("test/good/a,b.png")).unwrap();
+    std::fs::write(b.join("ground_truth/hole/000_mask.png"), b"not a png").unwrap();
+    let m = image::open(b.join("ground_truth/scratch/000_mask.png")).unwrap().to_luma8();
+    image::imageops::resize(&m, 50, 40, image::imageops::FilterType::Nearest).save(b.join("ground_truth/scratch/000_mask.png")).unwrap();
+    let out = tmp.path().join("out");
+    let o = eval(&ds, &out, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("hole/000.png") && stderr.contains("treated as a missing mask"), "{stderr}");
+    assert!(stderr.contains("mask is 50x40"), "{stderr}");
+    // The image with the undecodable mask stays in the image-level metrics: 8 images.
+    check_metrics(&out, 8);
+    let mut r = csv::Reader::from_path(out.join("per_image.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|row| row.len() == 6), "{rows:?}");
+    assert!(rows.iter().any(|row| row[1].ends_with("good/a,b.png")), "{rows:?}");
+}
+
+#[test]
+fn eval_exits_non_zero_when_every_image_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("ds");
+    let d = ds.join("c/test/good");
+    std::fs::create_dir_all(&d).unwrap();
+    for i in 0..2 {
+        std::fs::write(d.join(format!("{i}.png")), b"garbage").unwrap();
+    }
+    let o = eval(&ds, &tmp.path().join("out"), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("every image failed in: c"));
+}
+
 /// Issue 16: `--trace-adp` adds the ADP trace as a last CSV column, `t:score` per step,
 /// the last step equal to the row's adp_step.
 #[test]

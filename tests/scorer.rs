@@ -161,7 +161,16 @@ fn bundle_calibration_gives_verdicts_only_with_its_settings() {
     let bundle = tiny_copy(tmp.path());
     // Calibrating with other settings than the defaults cannot go into the bundle.
     let normal = root().join("data/textures/brick/validation/good/000.png");
-    let o = glad().arg("calibrate").arg("--bundle").arg(&bundle).arg("--images").arg(&normal).args(["--steps", "3", "--write-bundle", "--write"]).arg(tmp.path().join("s.yaml")).output().unwrap();
+    let o = glad()
+        .arg("calibrate")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--images")
+        .arg(&normal)
+        .args(["--steps", "3", "--write-bundle", "--write"])
+        .arg(tmp.path().join("s.yaml"))
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--write-bundle"), "{}", String::from_utf8_lossy(&o.stderr));
     // Make the defaults cheap first (as `glad tune --write-defaults` would), then calibrate.
@@ -170,13 +179,32 @@ fn bundle_calibration_gives_verdicts_only_with_its_settings() {
     m["defaults"]["steps"] = serde_yaml::Value::from(3);
     m["defaults"]["tau"] = serde_yaml::Value::from(0.0);
     std::fs::write(bundle.join("bundle.yaml"), serde_yaml::to_string(&m).unwrap()).unwrap();
-    let o = glad().arg("calibrate").arg("--bundle").arg(&bundle).arg("--images").arg(&normal).arg("--write-bundle").arg("--write").arg(tmp.path().join("s.yaml")).output().unwrap();
+    let o = glad()
+        .arg("calibrate")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--images")
+        .arg(&normal)
+        .arg("--write-bundle")
+        .arg("--write")
+        .arg(tmp.path().join("s.yaml"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let m: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(bundle.join("bundle.yaml")).unwrap()).unwrap();
     let t = m["calibration"]["threshold"].as_f64().unwrap();
     assert!(t > 0.0);
     let inspect = |extra: &[&str]| {
-        let o = glad().arg("inspect").arg(&normal).arg("--bundle").arg(&bundle).arg("--out").arg(tmp.path().join("o")).args(extra).output().unwrap();
+        let o = glad()
+            .arg("inspect")
+            .arg(&normal)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--out")
+            .arg(tmp.path().join("o"))
+            .args(extra)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(o.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
         (v, String::from_utf8_lossy(&o.stderr).into_owned())

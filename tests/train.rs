@@ -119,6 +119,7 @@ fn opts(images: &Path, out: &Path, steps: u64, seed: u64, fixed: bool) -> TrainO
         log_every: 0,
         progress: false,
         command: "tests/train.rs".into(),
+        force: false,
     }
 }
 

@@ -21,15 +21,19 @@ struct Args {
     /// Folder of normal images of one class, e.g. data/textures/brick/train/good (searched recursively).
     #[arg(long, value_name = "DIR")]
     images: PathBuf,
-    /// Output bundle folder: a copy of --bundle with the trained unet.weights.bin. Replaced if it
-    /// is an earlier output of train; any other existing folder is refused.
+    /// Output bundle folder: a copy of --bundle with the trained unet.weights.bin. Must not be
+    /// inside --bundle. An earlier output of train is replaced only with --force; any other
+    /// existing folder is refused.
     #[arg(long, short = 'o', value_name = "DIR")]
     out: PathBuf,
+    /// Replace --out when it holds an earlier output of train.
+    #[arg(long)]
+    force: bool,
     /// Total optimiser steps (GLAD uses 2000-4000 per class at batch 32). A resumed run continues to this count.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     steps: u64,
-    /// Batch size; the bundle needs a training graph exported for it (train/train_b<N>.onnx).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Batch size (1..=256); the bundle needs a training graph exported for it (train/train_b<N>.onnx).
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = glad_edge::cli::parse_batch)]
     batch: usize,
     /// Learning rate (constant after warm-up). GLAD uses 5e-6 for Stable Diffusion; a tiny
     /// randomly initialised UNet needs about 1e-3.
@@ -70,8 +74,8 @@ struct Args {
     /// Resume from a checkpoint (written by a run with the same seed, batch and optimiser settings).
     #[arg(long, value_name = "FILE")]
     resume: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads (0 = all cores).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// ONNX Runtime intra-op threads (0 = all cores, at most 1024).
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = glad_edge::cli::parse_threads)]
     threads: usize,
     /// ONNX Runtime shared library (overrides ORT_DYLIB_PATH and the build default).
     #[arg(long, value_name = "FILE")]
@@ -100,6 +104,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     anyhow::ensure!(args.lr > 0.0 && args.lr.is_finite(), "--lr must be positive, got {}", args.lr);
     anyhow::ensure!((0.0..1.0).contains(&args.beta1) && (0.0..1.0).contains(&args.beta2), "--beta1 and --beta2 must be in [0, 1)");
+    for (flag, v) in [("--weight-decay", args.weight_decay), ("--adam-eps", args.adam_eps), ("--clip", args.clip)] {
+        anyhow::ensure!(v.is_finite() && v >= 0.0, "{flag}: must be a finite number >= 0, got {v}");
+    }
     let opts = TrainOptions {
         images: args.images,
         textures: args.textures,
@@ -113,8 +120,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         fixed_batch: args.fixed_batch,
         log_every: args.log_every,
         progress: !args.no_progress,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
+        force: args.force,
     };
+    // Before anything is loaded: a refused --out costs nothing (a missing bundle is reported
+    // by the loader, naming its bundle.yaml).
+    if args.bundle.is_dir() {
+        glad_edge::train::output::check_out(&args.bundle, &opts.out, opts.force)?;
+    }
     let mut trainer = Trainer::load(&args.bundle, args.batch, &rt)?;
     let report = trainer.train(&opts)?;
     let first = report.losses.first().copied().unwrap_or(f64::NAN);

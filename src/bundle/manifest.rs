@@ -154,6 +154,40 @@ impl Manifest {
         if m.format != 1 {
             anyhow::bail!("{}: key `format`: unsupported bundle format {}, expected 1", path.display(), m.format);
         }
+        m.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(m)
+    }
+
+    /// Range checks of the values the types cannot express (before any model is loaded, so a
+    /// 0 never reaches a division).
+    pub fn check(&self) -> Result<()> {
+        use anyhow::bail;
+        let r = self.resolution;
+        if !(1..=crate::glad::params::MAX_RESOLUTION).contains(&r) {
+            bail!("key `resolution`: must be in 1..={}, got {r}", crate::glad::params::MAX_RESOLUTION);
+        }
+        if let Some(l) = &self.latent {
+            if !(1..=4096).contains(&l.channels) {
+                bail!("key `latent.channels`: must be in 1..=4096, got {}", l.channels);
+            }
+            if l.factor == 0 || r % l.factor != 0 {
+                bail!("key `latent.factor`: must divide the resolution {r} (and be at least 1), got {}", l.factor);
+            }
+            if !l.scaling_factor.is_finite() || l.scaling_factor <= 0.0 {
+                bail!("key `latent.scaling_factor`: must be a finite number above 0, got {}", l.scaling_factor);
+            }
+        }
+        for (key, b) in [("models.backbone", Some(&self.models.backbone)), ("models.adp_backbone", self.models.adp_backbone.as_ref())] {
+            let Some(b) = b else { continue };
+            if !(1..=crate::glad::params::MAX_RESOLUTION).contains(&b.resolution) {
+                bail!("key `{key}.resolution`: must be in 1..={}, got {}", crate::glad::params::MAX_RESOLUTION, b.resolution);
+            }
+            if b.patch == 0 || b.resolution % b.patch != 0 {
+                bail!("key `{key}.patch`: must divide the resolution {} (and be at least 1), got {}", b.resolution, b.patch);
+            }
+        }
+        self.scheduler.check()?;
+        self.defaults.check(&|k| format!("key `defaults.{k}`"))?;
+        Ok(())
     }
 }

@@ -7,12 +7,12 @@ use anyhow::{bail, Result};
 use clap::Args;
 use ndarray::{Array4, Axis};
 
-use super::inspect::collect_images;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::{bank_dir, Engine, OnnxModels};
 use crate::glad::bank::FeatureBank;
 use crate::glad::MapReference;
 use crate::imaging;
+use crate::sources::walk;
 
 #[derive(Debug, Clone, Args)]
 pub struct BankArgs {
@@ -38,7 +38,11 @@ pub fn run(args: BankArgs) -> Result<bool> {
     params.reference = MapReference::Reconstruction;
     let mut engine = Engine::new(bundle, params.clone())?;
     let out = args.out.clone().unwrap_or_else(|| bank_dir(&engine.bundle));
-    let files = collect_images(&args.images)?;
+    let walk = walk::images(&args.images);
+    if !walk.problems.is_empty() {
+        bail!("{}", walk.messages().join("; "));
+    }
+    let files = walk.files;
     if files.is_empty() {
         bail!("no images found in {:?}", args.images);
     }

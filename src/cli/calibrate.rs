@@ -11,10 +11,17 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::inspect::{collect_images, progress};
+use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::config::Calibration;
 use crate::pipeline::{self, Inspected};
+use crate::sources::walk;
+
+/// Fewer normal images than this get a warning: the maximum of a handful of scores is a poor
+/// threshold.
+pub const MIN_NORMAL_IMAGES: usize = 5;
+/// Largest `--margin`.
+pub const MAX_MARGIN: f32 = 10.0;
 
 #[derive(Debug, Clone, Args)]
 pub struct CalibrateArgs {
@@ -25,8 +32,8 @@ pub struct CalibrateArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub params: ParamArgs,
-    /// Relative margin above the largest normal score.
-    #[arg(long, default_value_t = 0.1)]
+    /// Relative margin above the largest normal score, in [0, 10].
+    #[arg(long, default_value_t = 0.1, value_parser = super::parse_finite)]
     pub margin: f32,
     /// Station config to write: the --config file (or defaults) with `bundle` and `calibration` set.
     #[arg(long, default_value = "station.yaml", value_name = "FILE")]
@@ -48,29 +55,38 @@ pub fn calibration(scores: &[f32], margin: f32) -> Result<Calibration> {
     if scores.is_empty() {
         bail!("no normal image could be scored");
     }
-    if margin < 0.0 {
-        bail!("--margin must be >= 0, got {margin}");
+    if !margin.is_finite() || !(0.0..=MAX_MARGIN).contains(&margin) {
+        bail!("--margin: must be a finite number in [0, {MAX_MARGIN}], got {margin}");
+    }
+    if let Some(bad) = scores.iter().find(|s| !s.is_finite() || **s < 0.0) {
+        bail!("a normal score is {bad}: no threshold can be computed from it");
     }
     let n = scores.len() as f32;
     let mean = scores.iter().sum::<f32>() / n;
     let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / n).sqrt();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let threshold = max * (1.0 + margin);
+    if !(threshold.is_finite() && threshold > 0.0) {
+        bail!("the threshold would be {threshold} (largest normal score {max}, margin {margin}): it must be finite and above 0");
+    }
     Ok(Calibration {
-        threshold: max * (1.0 + margin),
+        threshold,
         rule: format!("max of {} normal scores x (1 + {margin})", scores.len()),
         normal_count: scores.len(),
         normal_mean: mean,
         normal_std: std,
         normal_max: max,
+        settings: None,
     })
 }
 
 pub fn run(args: CalibrateArgs) -> Result<bool> {
     let settings = Settings::new(&args.common, args.params.clone())?;
-    let files = collect_images(&args.images)?;
-    if files.is_empty() {
+    let walk = walk::images(&args.images);
+    if walk.is_empty() {
         bail!("no images found in {:?}", args.images);
     }
+    let files = walk.files.clone();
     let mut engines = settings.engines(settings.config.inspect.workers)?;
     if args.write_bundle && !settings.uses_bundle_defaults(&engines[0].bundle)? {
         bail!("--write-bundle: a bundle's calibration must be made with its default settings and noise; drop the preset, `glad:` keys, parameter flags and --seed");
@@ -78,7 +94,7 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
     let noise = settings.noise()?;
     let pb = progress(files.len(), "calibrate");
     let mut scores = Vec::new();
-    let mut failures = Vec::new();
+    let mut failures = walk.messages();
     pipeline::run(&mut engines, &noise, &files, settings.config.inspect.batch, true, |item: Inspected| {
         pb.inc(1);
         match &item.result {
@@ -88,10 +104,25 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
         }
     })?;
     pb.finish_and_clear();
-    for f in &failures {
-        eprintln!("failed: {f}");
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("failed: {f}");
+        }
+        bail!(
+            "{} of {} normal images failed; {} was not written (a threshold from the others would not cover them)",
+            failures.len(),
+            walk.len(),
+            args.write.display()
+        );
     }
-    let cal = calibration(&scores, args.margin)?;
+    if scores.len() < MIN_NORMAL_IMAGES {
+        tracing::warn!(
+            images = scores.len(),
+            "calibrating on fewer than {MIN_NORMAL_IMAGES} normal images: the threshold is the maximum of very few scores"
+        );
+    }
+    let mut cal = calibration(&scores, args.margin)?;
+    cal.settings = Some(settings.calibrated_with(&engines[0]));
     let mut sorted = scores.clone();
     sorted.sort_by(f32::total_cmp);
     println!("normal images  {}", cal.normal_count);
@@ -108,6 +139,10 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
     let mut station = settings.config.clone();
     station.bundle = Some(settings.bundle_dir.clone());
     station.preset = settings.preset.clone();
+    // The command-line settings go into the station config, so `inspect --config` scores as
+    // the calibration did.
+    station.glad = station.glad.merged(&settings.cli_overrides());
+    station.noise = settings.noise_config();
     if args.write_bundle {
         let path = engines[0].bundle.dir.join("bundle.yaml");
         crate::bundle::edit::write_block(&path, "calibration", &cal)?;
@@ -120,7 +155,8 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
         args.write.display(),
         serde_yaml::to_string(&station)?
     );
-    std::fs::write(&args.write, text).with_context(|| format!("{}: cannot write station config", args.write.display()))?;
+    crate::imaging::write_atomic(&args.write, text.as_bytes())
+        .with_context(|| format!("{}: cannot write station config", args.write.display()))?;
     eprintln!("wrote {}", args.write.display());
-    Ok(failures.is_empty())
+    Ok(true)
 }

@@ -1,7 +1,6 @@
 //! `glad eval`: the paper's metrics on an MVTec-layout dataset.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -33,8 +32,8 @@ pub struct EvalArgs {
     /// Output folder: metrics.json, per_image.csv and gallery/<class>/ heatmaps.
     #[arg(long, short = 'o', default_value = "out/eval", value_name = "DIR")]
     pub out: PathBuf,
-    /// Images per engine call.
-    #[arg(long, value_name = "N")]
+    /// Images per engine call (1..=256).
+    #[arg(long, value_name = "N", value_parser = super::parse_batch)]
     pub batch: Option<usize>,
     /// Score with the feature-only baseline instead of GLAD: the bundle's backbone, each test
     /// patch against its nearest patch in <class>/train/good, no diffusion.
@@ -91,15 +90,41 @@ pub fn trace_cell(trace: &[(i64, f32)]) -> String {
     trace.iter().map(|(t, s)| format!("{t}:{s}")).collect::<Vec<_>>().join(";")
 }
 
-/// Loads a ground-truth mask, resized (nearest) to `side`, `> 127` as defect.
-pub fn load_mask(path: &Path, side: usize) -> Result<Array2<bool>> {
-    let img = image::open(path).map_err(|e| anyhow::anyhow!("{}: cannot decode mask: {e}", path.display()))?.to_luma8();
+/// Loads a ground-truth mask, resized (nearest) to `side`, `> 127` as defect. A mask whose size
+/// differs from its image's (`image`, when known) is resized with a warning.
+pub fn load_mask(path: &Path, side: usize, image: Option<(u32, u32)>) -> Result<Array2<bool>> {
+    let img = imaging::load_luma(path).map_err(|e| anyhow::anyhow!("cannot decode mask: {e:#}"))?;
+    if let Some((w, h)) = image {
+        if img.dimensions() != (w, h) {
+            tracing::warn!(
+                "{}: mask is {}x{}, its image {w}x{h}; resized to the map (nearest neighbour)",
+                path.display(),
+                img.width(),
+                img.height()
+            );
+        }
+    }
     let img = if img.dimensions() == (side as u32, side as u32) {
         img
     } else {
         image::imageops::resize(&img, side as u32, side as u32, image::imageops::FilterType::Nearest)
     };
     Ok(Array2::from_shape_fn((side, side), |(y, x)| img.get_pixel(x as u32, y as u32)[0] > 127))
+}
+
+/// [`load_mask`], an undecodable mask treated as a missing one (the image stays in the
+/// image-level metrics, out of the pixel metrics) with a warning kept in `notes`.
+fn mask_or_warn(sample: &Sample, side: usize, image: (u32, u32), notes: &mut Vec<String>) -> Option<Array2<bool>> {
+    let path = sample.mask.as_deref()?;
+    match load_mask(path, side, Some(image)) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            let msg = format!("{}: {e:#}; treated as a missing mask (left out of the pixel metrics)", sample.path.display());
+            tracing::warn!("{msg}");
+            notes.push(msg);
+            None
+        }
+    }
 }
 
 /// Image- and pixel-level metrics of scored images. Anomalous images without a mask are left
@@ -158,15 +183,24 @@ pub fn print_table(results: &[ClassResult]) {
     }
 }
 
-/// `gallery/<class>/<defect>_<name>.png`: the heatmap over the image, colours spanning the map's range.
+/// `gallery/<class>/<defect>__<name>.heatmap.png` (named as inspect names outputs, so unique):
+/// the heatmap over the image, colours spanning the map's range.
 fn save_gallery(gallery: &Path, sample: &Sample, img: &image::RgbImage, map: &Array2<f32>) -> Result<()> {
     let (lo, hi) = imaging::heat_range(map, None);
-    let name = format!("{}_{}.png", sample.defect, super::inspect::output_stem(Path::new(sample.path.file_name().unwrap_or_default())));
+    let rel = Path::new(&sample.defect).join(sample.path.file_name().unwrap_or_default());
+    let name = format!("{}.heatmap.png", super::inspect::output_stem(&rel));
     imaging::save_png(&imaging::heatmap_overlay(img, map.view(), lo, hi), &gallery.join(name))
 }
 
 /// Inspects one class's test set; images that fail are reported and left out.
-fn run_class(settings: &Settings, set: &TestSet, batch: usize, gallery: &Path, failures: &mut Vec<String>) -> Result<Vec<Scored>> {
+fn run_class(
+    settings: &Settings,
+    set: &TestSet,
+    batch: usize,
+    gallery: &Path,
+    failures: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Scored>> {
     let mut engines = settings.engines(settings.config.inspect.workers)?;
     let noise = settings.noise()?;
     let s = engines[0].params.backbone_resolution;
@@ -174,16 +208,17 @@ fn run_class(settings: &Settings, set: &TestSet, batch: usize, gallery: &Path, f
     let pb = progress(files.len(), &format!("eval {}", set.class));
     let mut scored: BTreeMap<usize, Scored> = BTreeMap::new();
     let mut local_failures = Vec::new();
+    let mut local_notes = Vec::new();
     pipeline::run(&mut engines, &noise, &files, batch, true, |item: Inspected| {
         pb.inc(1);
         let sample = &set.samples[item.index];
         let outcome = (|| -> Result<Scored> {
             let (insp, _) = item.result.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             if !insp.score.is_finite() {
-                bail!("{}: non-finite anomaly score", item.path.display());
+                bail!("{}: the anomaly score is {}", item.path.display(), insp.score);
             }
-            let mask = sample.mask.as_deref().map(|m| load_mask(m, s)).transpose()?;
             let img = item.image.as_ref().expect("inspected images were decoded");
+            let mask = mask_or_warn(sample, s, img.dimensions(), &mut local_notes);
             save_gallery(gallery, sample, img, &insp.map)?;
             Ok(Scored {
                 path: item.path.clone(),
@@ -205,6 +240,7 @@ fn run_class(settings: &Settings, set: &TestSet, batch: usize, gallery: &Path, f
     })?;
     pb.finish_and_clear();
     failures.extend(local_failures);
+    notes.extend(local_notes);
     Ok(scored.into_values().collect())
 }
 
@@ -216,6 +252,7 @@ fn run_baseline(
     batch: usize,
     gallery: &Path,
     failures: &mut Vec<String>,
+    notes: &mut Vec<String>,
 ) -> Result<Vec<Scored>> {
     let mut engine = settings.engine()?;
     let (r, s) = (engine.resolution(), engine.params.backbone_resolution);
@@ -237,8 +274,11 @@ fn run_baseline(
         let mut ok = Vec::new();
         for sample in chunk {
             pb.inc(1);
-            match load(&sample.path).and_then(|l| Ok((l, sample.mask.as_deref().map(|m| load_mask(m, s)).transpose()?))) {
-                Ok(((t, img), mask)) => ok.push((sample, t, img, mask)),
+            match load(&sample.path) {
+                Ok((t, img)) => {
+                    let mask = mask_or_warn(sample, s, img.dimensions(), notes);
+                    ok.push((sample, t, img, mask))
+                }
                 Err(e) => failures.push(format!("{e:#}")),
             }
         }
@@ -275,11 +315,16 @@ pub fn run(args: EvalArgs) -> Result<bool> {
     let classes = if args.class == "all" { dataset::classes(&args.dataset)? } else { vec![args.class.clone()] };
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
     let csv_path = args.out.join("per_image.csv");
-    let mut csv = std::fs::File::create(&csv_path).with_context(|| format!("{}: cannot create", csv_path.display()))?;
-    writeln!(csv, "class,path,defect,label,score,adp_step{}", if args.trace_adp { ",adp_trace" } else { "" })?;
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["class", "path", "defect", "label", "score", "adp_step"];
+    if args.trace_adp {
+        header.push("adp_trace");
+    }
+    csv.write_record(&header)?;
     let batch = args.batch.unwrap_or(base.config.inspect.batch);
     let mut results = Vec::new();
     let mut all_failures = Vec::new();
+    let mut all_failed_classes = Vec::new();
     for class in &classes {
         let set = dataset::test_set(&args.dataset, class)?;
         for p in &set.problems {
@@ -294,40 +339,52 @@ pub fn run(args: EvalArgs) -> Result<bool> {
             }
         }
         let mut failures = Vec::new();
+        let mut notes = Vec::new();
         let gallery = args.out.join("gallery").join(class);
         let scored = if args.baseline {
-            run_baseline(&settings, &args.dataset, &set, batch, &gallery, &mut failures)?
+            run_baseline(&settings, &args.dataset, &set, batch, &gallery, &mut failures, &mut notes)?
         } else {
-            run_class(&settings, &set, batch, &gallery, &mut failures)?
+            run_class(&settings, &set, batch, &gallery, &mut failures, &mut notes)?
         };
         for s in &scored {
-            writeln!(
-                csv,
-                "{class},{},{},{},{},{}{}",
-                s.path.display(),
-                s.defect,
-                s.label as u8,
-                s.score,
+            let mut row = vec![
+                class.clone(),
+                s.path.to_string_lossy().into_owned(),
+                s.defect.clone(),
+                (s.label as u8).to_string(),
+                s.score.to_string(),
                 s.adp_step.map_or(String::new(), |v| v.to_string()),
-                if args.trace_adp { format!(",{}", trace_cell(&s.adp_trace)) } else { String::new() }
-            )?;
+            ];
+            if args.trace_adp {
+                row.push(trace_cell(&s.adp_trace));
+            }
+            csv.write_record(&row)?;
+        }
+        if scored.is_empty() {
+            all_failed_classes.push(class.clone());
         }
         let metrics = compute_metrics(&scored);
         let mut problems = set.problems.clone();
+        problems.extend(notes);
         problems.extend(failures.iter().cloned());
         results.push(ClassResult { class: class.clone(), images: scored.len(), failed: failures.len(), metrics, problems });
         all_failures.extend(failures);
     }
     print_table(&results);
     let json_path = args.out.join("metrics.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)
-        .with_context(|| format!("{}: cannot write", json_path.display()))?;
+    imaging::write_atomic(&json_path, serde_json::to_string_pretty(&results)?.as_bytes())?;
+    let csv_bytes = csv.into_inner().map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", csv_path.display()))?;
+    imaging::write_atomic(&csv_path, &csv_bytes)?;
     eprintln!("wrote {}, {} and {}", json_path.display(), csv_path.display(), args.out.join("gallery").display());
     if !all_failures.is_empty() {
         eprintln!("{} images failed and were left out:", all_failures.len());
         for f in &all_failures {
             eprintln!("  {f}");
         }
+    }
+    if !all_failed_classes.is_empty() {
+        eprintln!("every image failed in: {}", all_failed_classes.join(", "));
+        return Ok(false);
     }
     Ok(true)
 }

@@ -43,7 +43,7 @@ pub fn run(settings: &Settings) -> Result<()> {
         "scheduler   {:?} beta {}..{}, {} train steps, steps_offset {}, set_alpha_to_one {}",
         s.beta_schedule, s.beta_start, s.beta_end, s.train_timesteps, s.steps_offset, s.set_alpha_to_one
     );
-    let params = settings.overrides(&bundle)?.resolve(m.models.backbone.resolution)?;
+    let params = settings.params(&bundle)?;
     println!("parameters  {}", serde_json::to_string(&params)?);
     if let Some(p) = &m.provenance {
         println!("provenance  {}", serde_json::to_string(p)?);

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::imaging;
 use crate::pipeline::{self, Inspected};
+use crate::sources::walk;
 
 #[derive(Debug, Clone, Args)]
 pub struct InspectArgs {
@@ -24,14 +25,14 @@ pub struct InspectArgs {
     /// Output folder for heatmaps (and reconstructions and maps when asked).
     #[arg(long, short = 'o', default_value = "out", value_name = "DIR")]
     pub out: PathBuf,
-    /// Images per engine call; overrides `inspect.batch`.
-    #[arg(long, value_name = "N")]
+    /// Images per engine call (1..=256); overrides `inspect.batch`.
+    #[arg(long, value_name = "N", value_parser = super::parse_batch)]
     pub batch: Option<usize>,
-    /// Engines working in parallel; overrides `inspect.workers`.
-    #[arg(long, value_name = "N")]
+    /// Engines working in parallel (1..=64); overrides `inspect.workers`.
+    #[arg(long, value_name = "N", value_parser = super::parse_workers)]
     pub workers: Option<usize>,
-    /// Verdict threshold; overrides the config's threshold and calibration.
-    #[arg(long)]
+    /// Verdict threshold (finite, above 0); overrides the config's threshold and calibration.
+    #[arg(long, value_parser = super::parse_threshold)]
     pub threshold: Option<f32>,
     /// Also write the reconstruction: a PNG (clamped to [-1,1]) and the raw decoder output as
     /// `.npy` (`[3,R,R]` float32, unclamped).
@@ -49,50 +50,73 @@ pub struct InspectArgs {
     pub sequential: bool,
 }
 
-const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
-
-/// Files named directly, plus the images under named folders, sorted per folder.
-pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("{}: cannot list folder", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())) {
-                out.push(p);
+/// Output name of an input: its path's components joined by `__`, the extension kept
+/// (`a/b/part.png` → `a__b__part.png`, so `part.png` and `part.jpg` differ). When that name
+/// could also come from another path — a component containing `__`, starting or ending with
+/// `_`, or not UTF-8; an absolute path or one with `..` — or is longer than 160 bytes, `___`
+/// and the first 16 hex digits of the SHA-256 of the full path are appended (shortened to 120
+/// bytes first when long). Names without a hash never contain `___`, so no two inputs share a
+/// name.
+pub fn output_stem(path: &Path) -> String {
+    use sha2::Digest;
+    use std::path::Component;
+    let mut ambiguous = false;
+    let mut parts: Vec<String> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => {
+                let s = match p.to_str() {
+                    Some(s) => s.to_string(),
+                    None => {
+                        ambiguous = true;
+                        p.to_string_lossy().into_owned()
+                    }
+                };
+                ambiguous |= s.contains("__") || s.starts_with('_') || s.ends_with('_');
+                parts.push(s);
             }
-        }
-        Ok(())
-    }
-    let mut files = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            walk(p, &mut files)?;
-        } else if p.exists() {
-            files.push(p.clone());
-        } else {
-            bail!("{}: no such file or folder", p.display());
+            Component::CurDir => {}
+            _ => ambiguous = true,
         }
     }
-    Ok(files)
+    let mut name = parts.join("__");
+    if name.is_empty() || name.len() > 160 {
+        ambiguous = true;
+    }
+    if !ambiguous {
+        return name;
+    }
+    if name.len() > 120 {
+        let mut cut = 120;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    let hash = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{name}___{hex}")
 }
 
-/// Output stem for an input: its path with separators turned into `__`, so images of the same
-/// name in different folders do not collide.
-pub fn output_stem(path: &Path) -> String {
-    let s = path.with_extension("");
-    let parts: Vec<String> = s
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-            _ => None,
-        })
-        .collect();
-    parts.join("__")
+/// Refuses a station calibration whose recorded settings differ from those in force (its
+/// threshold would be compared with scores computed differently).
+pub fn check_calibration(settings: &Settings, cal: &crate::config::Calibration, engine: &crate::engine::Engine) -> Result<()> {
+    let cfg = settings.config_path.as_ref().map_or("config".to_string(), |p| p.display().to_string());
+    match &cal.settings {
+        None => {
+            tracing::warn!("{cfg}: the calibration records no settings (an older station config): its threshold is applied unchecked");
+        }
+        Some(rec) => {
+            let diff = rec.differences(&settings.calibrated_with(engine));
+            if !diff.is_empty() {
+                bail!(
+                    "{cfg}: key `calibration.settings`: the threshold was calibrated with other settings than those in force: {}; use the calibrated settings, recalibrate, or pass --threshold",
+                    diff.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn progress(n: usize, what: &str) -> ProgressBar {
@@ -111,32 +135,40 @@ pub fn run(args: InspectArgs) -> Result<bool> {
     if let Some(b) = args.batch {
         settings.config.inspect.batch = b; // TensorRT profiles cover the batch actually run
     }
-    let files = collect_images(&args.inputs)?;
-    if files.is_empty() {
+    let walk = walk::images(&args.inputs);
+    if walk.is_empty() {
         bail!("no images found in {:?}", args.inputs);
     }
+    let files = walk.files.clone();
     let workers = args.workers.unwrap_or(settings.config.inspect.workers);
     let mut engines = settings.engines(if args.sequential { 1 } else { workers })?;
     let noise = settings.noise()?;
     let threshold = settings.threshold(args.threshold, &engines[0])?;
     let calibration = settings.config.calibration.clone();
+    if let (None, Some(c)) = (args.threshold, &calibration) {
+        check_calibration(&settings, c, &engines[0])?;
+    }
     let batch = args.batch.unwrap_or(settings.config.inspect.batch);
     let save_rec = args.save_reconstruction || settings.config.inspect.save_reconstruction;
     let save_map = args.save_map || settings.config.inspect.save_map;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
     tracing::info!(images = files.len(), batch, workers, params = ?engines[0].params, "inspecting");
 
-    let pb = progress(files.len(), "inspect");
-    let mut failures: Vec<String> = Vec::new();
-    let out_dir = args.out.clone();
     let stdout = std::io::stdout();
+    let mut failures: Vec<String> = Vec::new();
+    for p in &walk.problems {
+        let _ = writeln!(stdout.lock(), "{}", json!({ "path": p.path.to_string_lossy(), "ok": false, "error": p.error }));
+        failures.push(p.error.clone());
+    }
+    let pb = progress(files.len(), "inspect");
+    let out_dir = args.out.clone();
     let sink = |item: Inspected| {
         let line = match write_outputs(&item, &out_dir, threshold, save_rec, save_map, args.trace_adp) {
             Ok(v) => v,
             Err(e) => {
                 let msg = format!("{e:#}");
                 failures.push(msg.clone());
-                json!({ "path": item.path, "ok": false, "error": msg })
+                json!({ "path": item.path.to_string_lossy(), "ok": false, "error": msg })
             }
         };
         let _ = writeln!(stdout.lock(), "{line}");
@@ -148,7 +180,7 @@ pub fn run(args: InspectArgs) -> Result<bool> {
         tracing::info!(threshold = c.threshold, rule = %c.rule, "verdicts against the station calibration");
     }
     if !failures.is_empty() {
-        eprintln!("{} of {} images failed:", failures.len(), files.len());
+        eprintln!("{} of {} images failed:", failures.len(), walk.len());
         for f in &failures {
             eprintln!("  {f}");
         }
@@ -179,7 +211,7 @@ fn write_outputs(
     let heatmap = out.join(format!("{stem}.heatmap.png"));
     imaging::save_png(&imaging::heatmap_overlay(image, insp.map.view(), lo, hi), &heatmap)?;
     let mut v = json!({
-        "path": item.path,
+        "path": item.path.to_string_lossy(),
         "ok": true,
         "score": insp.score,
         "verdict": threshold.map(|t| if insp.score > t { "anomalous" } else { "normal" }),
@@ -187,7 +219,7 @@ fn write_outputs(
         "adp_step": insp.adp.map(|a| a.step),
         "adp_score": insp.adp.map(|a| a.score),
         "adp_stop": insp.adp.map(|a| if a.on_threshold { "threshold" } else { "min_step" }),
-        "heatmap": heatmap,
+        "heatmap": heatmap.to_string_lossy(),
         "times_ms": times,
     });
     if save_rec {
@@ -195,8 +227,8 @@ fn write_outputs(
         imaging::save_png(&imaging::tensor_to_rgb(insp.reconstruction.view()), &p)?;
         let raw = out.join(format!("{stem}.reconstruction.npy"));
         imaging::save_npy(&insp.reconstruction, &raw)?;
-        v["reconstruction"] = json!(p);
-        v["reconstruction_npy"] = json!(raw);
+        v["reconstruction"] = json!(p.to_string_lossy());
+        v["reconstruction_npy"] = json!(raw.to_string_lossy());
     }
     if trace_adp {
         v["adp_trace"] = json!(insp.adp_trace);
@@ -204,7 +236,7 @@ fn write_outputs(
     if save_map {
         let p = out.join(format!("{stem}.map.npy"));
         imaging::save_npy(&insp.map, &p)?;
-        v["map"] = json!(p);
+        v["map"] = json!(p.to_string_lossy());
     }
     Ok(v)
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::bundle::Bundle;
-use crate::config::{self, Config};
+use crate::config::{self, CalibratedWith, Config, NoiseConfig};
 use crate::engine::{Engine, NoiseSource};
 use crate::glad::{LatentMode, ParamOverrides};
 
@@ -29,16 +29,16 @@ pub struct CommonArgs {
     /// Per-class GLAD settings, `dataset/class` (mvtec/carpet, mpdd/tubes, visa/pcb1, pcbbank/pcb5).
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
-    /// Intra-op threads for ONNX Runtime (0 = all cores); overrides `runtime.threads`.
-    #[arg(long, value_name = "N")]
+    /// Intra-op threads for ONNX Runtime (0 = all cores, at most 1024); overrides `runtime.threads`.
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
 }
 
 /// GLAD parameters settable on the command line (they win over config, preset and bundle).
 #[derive(Debug, Clone, Default, Args)]
 pub struct ParamArgs {
-    /// ADP threshold tau (0 turns ADP off).
-    #[arg(long)]
+    /// ADP threshold tau (0 turns ADP off), in [0, 100].
+    #[arg(long, value_parser = parse_finite)]
     pub tau: Option<f32>,
     /// T: start of the DDIM grid.
     #[arg(long, value_name = "T")]
@@ -55,6 +55,40 @@ pub struct ParamArgs {
     /// Folder with vae_noise.npy and eps.npy to use instead of the generator.
     #[arg(long, value_name = "DIR")]
     pub noise_dir: Option<PathBuf>,
+}
+
+fn parse_usize(s: &str) -> Result<usize, String> {
+    s.parse::<usize>().map_err(|e| format!("`{s}` is not a whole number: {e}"))
+}
+
+/// `--batch`: the rule of `inspect.batch` (1..=256).
+pub fn parse_batch(s: &str) -> Result<usize, String> {
+    config::check_batch(parse_usize(s)?)
+}
+
+/// `--workers`: the rule of `inspect.workers` (1..=64).
+pub fn parse_workers(s: &str) -> Result<usize, String> {
+    config::check_workers(parse_usize(s)?)
+}
+
+/// `--threads`: the rule of `runtime.threads` (0..=1024).
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    config::check_threads(parse_usize(s)?)
+}
+
+/// `--threshold`: finite, above 0.
+pub fn parse_threshold(s: &str) -> Result<f32, String> {
+    config::check_threshold(s.parse::<f32>().map_err(|e| format!("`{s}` is not a number: {e}"))?)
+}
+
+/// A float flag that must be finite (the range is checked with the config rule of its key).
+pub fn parse_finite(s: &str) -> Result<f32, String> {
+    let v = s.parse::<f32>().map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number, got {v}"))
+    }
 }
 
 fn parse_latent(s: &str) -> Result<LatentMode, String> {
@@ -84,13 +118,16 @@ impl Settings {
         if let Some(t) = common.threads {
             config.runtime.threads = t;
         }
+        crate::imaging::set_limits(config.limits);
         let bundle_dir = common
             .bundle
             .clone()
             .or_else(|| config.bundle.clone())
             .context("no model bundle: pass --bundle DIR or set `bundle` in the config")?;
         let preset = common.preset.clone().or_else(|| config.preset.clone());
-        Ok(Settings { config, config_path: common.config.clone(), bundle_dir, preset, params })
+        let settings = Settings { config, config_path: common.config.clone(), bundle_dir, preset, params };
+        settings.cli_overrides().check(&flag_name)?;
+        Ok(settings)
     }
 
     pub fn load_bundle(&self) -> Result<Bundle> {
@@ -102,26 +139,54 @@ impl Settings {
         Bundle::load(&self.bundle_dir, &rt)
     }
 
-    /// bundle defaults < preset < config `glad` < command line.
-    pub fn overrides(&self, bundle: &Bundle) -> Result<ParamOverrides> {
-        let mut o = bundle.manifest.defaults.clone();
-        if let Some(p) = &self.preset {
-            o = o.merged(&config::preset(p)?);
-        }
-        o = o.merged(&self.config.glad);
-        let cli = ParamOverrides {
+    /// The GLAD parameters set on the command line.
+    pub fn cli_overrides(&self) -> ParamOverrides {
+        ParamOverrides {
             tau: self.params.tau,
             denoise_step: self.params.denoise_step,
             steps: self.params.steps,
             latent: self.params.latent,
             ..Default::default()
+        }
+    }
+
+    /// The layers of parameters, lowest first, each with how its keys are named in messages.
+    fn layers(&self, bundle: &Bundle) -> Result<Vec<(String, ParamOverrides)>> {
+        let mut v = vec![(
+            format!("{}: key `defaults.{{}}`", bundle.dir.join(crate::bundle::Manifest::FILE).display()),
+            bundle.manifest.defaults.clone(),
+        )];
+        if let Some(p) = &self.preset {
+            v.push((format!("preset {p}: key `{{}}`"), config::preset(p)?));
+        }
+        let cfg = self.config_path.as_ref().map_or("config".to_string(), |p| p.display().to_string());
+        v.push((format!("{cfg}: key `glad.{{}}`"), self.config.glad.clone()));
+        v.push(("--{}".to_string(), self.cli_overrides()));
+        Ok(v)
+    }
+
+    /// bundle defaults < preset < config `glad` < command line.
+    pub fn overrides(&self, bundle: &Bundle) -> Result<ParamOverrides> {
+        Ok(self.layers(bundle)?.iter().fold(ParamOverrides::default(), |acc, (_, o)| acc.merged(o)))
+    }
+
+    /// The resolved parameters; an error names the file and key (or flag) of the bad value.
+    pub fn params(&self, bundle: &Bundle) -> Result<crate::glad::Params> {
+        let layers = self.layers(bundle)?;
+        let merged = layers.iter().fold(ParamOverrides::default(), |acc, (_, o)| acc.merged(o));
+        let what = |k: &str| -> String {
+            match layers.iter().rev().find(|(_, o)| o.is_set(k)) {
+                Some((label, _)) if label.starts_with("--") => flag_name(k),
+                Some((label, _)) => label.replace("{}", k),
+                None => format!("`{k}` (default)"),
+            }
         };
-        Ok(o.merged(&cli))
+        merged.resolve_named(bundle.manifest.models.backbone.resolution, &what)
     }
 
     pub fn engine(&self) -> Result<Engine> {
         let bundle = self.load_bundle()?;
-        let params = self.overrides(&bundle)?.resolve(bundle.manifest.models.backbone.resolution)?;
+        let params = self.params(&bundle)?;
         Engine::new(bundle, params)
     }
 
@@ -140,7 +205,11 @@ impl Settings {
         let Some(cal) = &engine.bundle.manifest.calibration else {
             return Ok(None);
         };
-        if self.uses_bundle_defaults(&engine.bundle)? {
+        let same = match &cal.settings {
+            Some(rec) => rec.differences(&self.calibrated_with(engine)).is_empty(),
+            None => self.uses_bundle_defaults(&engine.bundle)?,
+        };
+        if same {
             Ok(Some(cal.threshold))
         } else {
             tracing::warn!("the bundle's calibration is not applied: the GLAD settings or the noise differ from the bundle's defaults it was made with (calibrate again)");
@@ -157,10 +226,29 @@ impl Settings {
         Ok(noise_default && self.overrides(bundle)?.resolve(s)? == defaults)
     }
 
-    pub fn noise(&self) -> Result<NoiseSource> {
-        match self.params.noise_dir.as_ref().or(self.config.noise.dir.as_ref()) {
-            Some(dir) => NoiseSource::from_dir(dir),
-            None => Ok(NoiseSource::Seeded(self.params.seed.unwrap_or(self.config.noise.seed))),
+    /// The noise source in force: `--noise-dir`, `noise.dir`, else the seed.
+    pub fn noise_config(&self) -> NoiseConfig {
+        NoiseConfig {
+            seed: self.params.seed.unwrap_or(self.config.noise.seed),
+            dir: self.params.noise_dir.clone().or_else(|| self.config.noise.dir.clone()),
         }
     }
+
+    pub fn noise(&self) -> Result<NoiseSource> {
+        let n = self.noise_config();
+        match &n.dir {
+            Some(dir) => NoiseSource::from_dir(dir),
+            None => Ok(NoiseSource::Seeded(n.seed)),
+        }
+    }
+
+    /// What a calibration made now would record.
+    pub fn calibrated_with(&self, engine: &Engine) -> CalibratedWith {
+        CalibratedWith { bundle: engine.bundle.manifest.name.clone(), params: engine.params.clone(), noise: self.noise_config() }
+    }
+}
+
+/// How a command-line parameter is named in messages: `--denoise-step`.
+fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
 }

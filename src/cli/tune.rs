@@ -13,12 +13,13 @@ use image::{GrayImage, Luma};
 use ndarray::{Array2, Array4, Axis};
 
 use super::eval::{compute_metrics, Scored};
-use super::inspect::{collect_images, progress};
+use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::{backbone_channels, bank_dir};
 use crate::glad::bank::FeatureBank;
 use crate::glad::{MapReference, ParamOverrides, Params};
 use crate::imaging;
+use crate::sources::walk;
 use crate::train::data::{rng_for, Purpose, TextureDir};
 use crate::train::synth::{synthesize, TextureSource};
 
@@ -163,7 +164,11 @@ pub fn run(args: TuneArgs) -> Result<bool> {
     };
     let base = engine.params.clone();
     let (r, s) = (engine.resolution(), base.backbone_resolution);
-    let files = collect_images(&args.images)?;
+    let walk = walk::images(&args.images);
+    if !walk.problems.is_empty() {
+        bail!("{}", walk.messages().join("; "));
+    }
+    let files = walk.files;
     if files.len() < 4 {
         bail!("tune needs at least 4 validation images, found {} in {:?}", files.len(), args.images);
     }

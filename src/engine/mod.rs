@@ -17,9 +17,8 @@ use crate::glad::bank::FeatureBank;
 use crate::glad::features::Layout;
 use crate::glad::maps::blur_radius;
 use crate::glad::reconstruct::{AdpStop, Noise, Reconstruction};
-use crate::glad::schedule::AlphaBar;
-use crate::glad::MapReference;
-use crate::glad::{anomaly_maps, reconstruct, AnomalyMap, Params};
+use crate::glad::schedule::{AlphaBar, SchedulerConfig};
+use crate::glad::{anomaly_maps, reconstruct, AnomalyMap, Checked, MapReference, Models, Params};
 
 /// Per-batch timing of each stage.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -98,7 +97,12 @@ impl Engine {
         }
         let ab = AlphaBar::new(&bundle.manifest.scheduler)?;
         if params.denoise_step >= ab.len() {
-            bail!("denoise_step {} must be below the scheduler's {} train timesteps", params.denoise_step, ab.len());
+            bail!(
+                "key `denoise_step`: {} must be below `scheduler.train_timesteps` ({}) of {}",
+                params.denoise_step,
+                ab.len(),
+                bundle.dir.join(crate::bundle::Manifest::FILE).display()
+            );
         }
         let bank = match params.reference {
             MapReference::Reconstruction => None,
@@ -123,8 +127,9 @@ impl Engine {
             bail!("denoise_step {} must be below the scheduler's {} train timesteps", p.denoise_step, self.ab.len());
         }
         let sched = self.bundle.manifest.scheduler.clone();
+        let latent = self.latent_shape();
         let mut models = OnnxModels::new(&mut self.bundle);
-        reconstruct(&mut models, &sched, &self.ab, p, x, noise)
+        reconstruct(&mut Checked::new(&mut models, latent, x.shape()[2]), &sched, &self.ab, p, x, noise)
     }
 
     /// The map half of `inspect`: maps of `x` against `rec` with parameters `p`.
@@ -135,8 +140,9 @@ impl Engine {
         rec: ArrayView4<'_, f32>,
         bank: Option<&FeatureBank>,
     ) -> Result<Vec<AnomalyMap>> {
+        let latent = self.latent_shape();
         let mut models = OnnxModels::new(&mut self.bundle);
-        anomaly_maps(&mut models, p, x, rec, bank)
+        anomaly_maps(&mut Checked::new(&mut models, latent, x.shape()[2]), p, x, rec, bank)
     }
 
     /// Inspects a batch `[B, 3, R, R]` in [-1, 1] with the given noise.
@@ -146,18 +152,39 @@ impl Engine {
             bail!("input batch has shape {:?}, expected [B,3,{r},{r}]", x.shape());
         }
         let sched = self.bundle.manifest.scheduler.clone();
+        let latent = self.latent_shape();
         let mut models = OnnxModels::new(&mut self.bundle);
-        let t0 = Instant::now();
-        let rec = reconstruct(&mut models, &sched, &self.ab, &self.params, x, noise)?;
-        let t1 = Instant::now();
-        let maps = anomaly_maps(&mut models, &self.params, x, rec.images.view(), self.bank.as_ref())?;
-        let times = StageTimes { models: models.times.clone(), reconstruct: t1 - t0, anomaly_map: t1.elapsed() };
-        let out = maps
-            .into_iter()
-            .zip(rec.adp.into_iter().zip(rec.adp_trace))
-            .zip(rec.images.axis_iter(Axis(0)))
-            .map(|((m, (adp, adp_trace)), img)| Inspection { score: m.score, adp, adp_trace, map: m.map, reconstruction: img.to_owned() })
-            .collect();
+        let (out, reconstruct, anomaly_map) =
+            inspect_with(&mut models, &sched, &self.ab, &self.params, latent, x, noise, self.bank.as_ref())?;
+        let times = StageTimes { models: models.times.clone(), reconstruct, anomaly_map };
         Ok((out, times))
     }
+}
+
+/// GLAD on a batch with any [`Models`] (checked by [`Checked`]: a wrong shape, a wrong batch,
+/// NaN or Inf from a model is an error of this batch): the inspections, and the wall times of
+/// the reconstruction and of the anomaly maps. `latent` is `(channels, side)`.
+pub fn inspect_with<M: Models>(
+    models: &mut M,
+    sched: &SchedulerConfig,
+    ab: &AlphaBar,
+    params: &Params,
+    latent: (usize, usize),
+    x: ArrayView4<'_, f32>,
+    noise: &Noise,
+    bank: Option<&FeatureBank>,
+) -> Result<(Vec<Inspection>, Duration, Duration)> {
+    let mut checked = Checked::new(models, latent, x.shape()[2]);
+    let t0 = Instant::now();
+    let rec = reconstruct(&mut checked, sched, ab, params, x, noise)?;
+    let t1 = Instant::now();
+    let maps = anomaly_maps(&mut checked, params, x, rec.images.view(), bank)?;
+    let t2 = t1.elapsed();
+    let out = maps
+        .into_iter()
+        .zip(rec.adp.into_iter().zip(rec.adp_trace))
+        .zip(rec.images.axis_iter(Axis(0)))
+        .map(|((m, (adp, adp_trace)), img)| Inspection { score: m.score, adp, adp_trace, map: m.map, reconstruction: img.to_owned() })
+        .collect();
+    Ok((out, t1 - t0, t2))
 }

@@ -39,6 +39,23 @@ fn to4(a: ndarray::ArrayD<f32>, what: &str) -> Result<Array4<f32>> {
     a.into_dimensionality::<Ix4>().with_context(|| format!("{what}: expected a 4-D output, got {shape:?}"))
 }
 
+/// Checks a model output at run time: the shape the manifest promised (`None`: any size) and
+/// finite values. One line naming the model and the tensor.
+fn check_output(model: &Model, name: &str, a: &ndarray::ArrayD<f32>, want: &[Option<usize>]) -> Result<()> {
+    let ok = a.ndim() == want.len() && a.shape().iter().zip(want).all(|(&g, w)| w.is_none_or(|w| w == g));
+    if !ok {
+        let dims: Vec<String> = want.iter().map(|w| w.map_or("*".into(), |w| w.to_string())).collect();
+        anyhow::bail!(
+            "model {} ({}) output `{name}` has shape {:?} at run time, expected [{}] from the manifest",
+            model.role(),
+            model.path().display(),
+            a.shape(),
+            dims.join(",")
+        );
+    }
+    crate::glad::checked::check_finite(a.iter(), model.role(), &format!("`{name}`"))
+}
+
 fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let t0 = Instant::now();
     let r = f();
@@ -54,6 +71,16 @@ fn run_backbone(model: &mut Model, spec: &BackboneSpec, images: ArrayView4<'_, f
     };
     let outs = model.run(&[(spec.input.as_str(), Input::F32(images.into_dyn()))], &names)?;
     let b = images.shape()[0];
+    for (out, name) in outs.iter().zip(&names) {
+        let want = match spec.layout {
+            crate::glad::features::Layout::Tokens => {
+                let g = spec.resolution / spec.patch.max(1);
+                vec![Some(b), Some(1 + g * g), None]
+            }
+            crate::glad::features::Layout::FeatureMap => vec![Some(b), None, None, None],
+        };
+        check_output(model, name, out, &want)?;
+    }
     let mut per_image: Vec<Vec<Tokens>> = (0..b).map(|_| Vec::with_capacity(names.len())).collect();
     for (out, name) in outs.iter().zip(&names) {
         for (i, t) in tokens_per_image(out.view(), spec.layout, name)?.into_iter().enumerate() {
@@ -84,11 +111,16 @@ impl<'b> OnnxModels<'b> {
 
 impl Models for OnnxModels<'_> {
     fn encode(&mut self, x: ArrayView4<'_, f32>) -> Result<(Array4<f32>, Array4<f32>)> {
+        let (c, h) = self.bundle.latent_shape();
         let (Some(enc), Some(spec)) = (self.bundle.vae_encoder.as_mut(), self.bundle.manifest.models.vae_encoder.as_ref()) else {
             return Ok((x.to_owned(), Array4::zeros(x.raw_dim())));
         };
         let names: Vec<&str> = spec.outputs.iter().map(String::as_str).collect();
         let outs = timed(&mut self.times.encode, || enc.run(&[(spec.input.as_str(), Input::F32(x.into_dyn()))], &names))?;
+        let ch = if spec.output == EncoderOutput::Moments { 2 * c } else { c };
+        for (out, name) in outs.iter().zip(&names) {
+            check_output(enc, name, out, &[Some(x.shape()[0]), Some(ch), Some(h), Some(h)])?;
+        }
         let mut outs = outs.into_iter().map(|a| to4(a, "vae_encoder"));
         match spec.output {
             EncoderOutput::MeanLogvar => {
@@ -161,6 +193,8 @@ impl Models for OnnxModels<'_> {
             self.context = Some((b, c));
         }
         let out = out?;
+        let (c, h) = self.bundle.latent_shape();
+        check_output(&self.bundle.unet, &spec.output, &out[0], &[Some(n), Some(c), Some(h), Some(h)])?;
         let e = to4(out.into_iter().next().expect("1 output"), "unet")?;
         ensure!(e.shape()[0] == n, "unet returned batch {} for {n}", e.shape()[0]);
         if paired {
@@ -175,6 +209,8 @@ impl Models for OnnxModels<'_> {
             return Ok(z.to_owned());
         };
         let out = timed(&mut self.times.decode, || dec.run(&[(spec.input.as_str(), Input::F32(z.into_dyn()))], &[spec.output.as_str()]))?;
+        let r = self.bundle.manifest.resolution;
+        check_output(dec, &spec.output, &out[0], &[Some(z.shape()[0]), Some(3), Some(r), Some(r)])?;
         to4(out.into_iter().next().expect("1 output"), "vae_decoder")
     }
 

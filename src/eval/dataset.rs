@@ -25,19 +25,11 @@ pub struct TestSet {
     pub problems: Vec<String>,
 }
 
-fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list folder", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "bmp" | "tif" | "tiff"))
-        })
-        .collect();
-    v.sort();
-    Ok(v)
+/// The images directly in `dir` (the one walker), and the paths that could not be taken.
+fn images_in(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
+    let w = crate::sources::walk::images_in(dir);
+    let problems = w.messages();
+    (w.files, problems)
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -73,7 +65,9 @@ pub fn test_set(root: &Path, class: &str) -> Result<TestSet> {
     for d in subdirs(&test)? {
         let defect = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let label = defect != "good";
-        for path in images_in(&d)? {
+        let (files, unreadable) = images_in(&d);
+        problems.extend(unreadable);
+        for path in files {
             let mask = if label {
                 let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 let gt = root.join(class).join("ground_truth").join(&defect);
@@ -100,5 +94,9 @@ pub fn test_set(root: &Path, class: &str) -> Result<TestSet> {
 
 /// The class's normal training images.
 pub fn train_good(root: &Path, class: &str) -> Result<Vec<PathBuf>> {
-    images_in(&root.join(class).join("train").join("good"))
+    let (files, problems) = images_in(&root.join(class).join("train").join("good"));
+    if let Some(p) = problems.first() {
+        bail!("{p}");
+    }
+    Ok(files)
 }

@@ -5,6 +5,7 @@
 
 pub mod anomaly;
 pub mod bank;
+pub mod checked;
 pub mod features;
 pub mod maps;
 pub mod params;
@@ -15,6 +16,7 @@ use anyhow::Result;
 use ndarray::{Array4, ArrayView4};
 
 pub use anomaly::{anomaly_maps, AnomalyMap};
+pub use checked::Checked;
 pub use features::Tokens;
 pub use params::{LatentMode, MapReference, ParamOverrides, Params};
 pub use reconstruct::{reconstruct, Reconstruction};

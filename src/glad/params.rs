@@ -33,7 +33,8 @@ pub enum MapReference {
 }
 
 /// Every GLAD parameter, resolved.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Params {
     /// `T`: where the DDIM grid starts (`ratio = T // K`).
     pub denoise_step: usize,
@@ -86,7 +87,57 @@ pub struct ParamOverrides {
     pub reference: Option<MapReference>,
 }
 
+/// Largest `blur_sigma` (its kernel and row padding grow with it).
+pub const MAX_BLUR_SIGMA: f32 = 64.0;
+/// Largest `denoise_step`, `min_step` and `steps` (a scheduler has at most 100000 train steps).
+pub const MAX_STEP: usize = 100_000;
+/// Largest `top_k` / `adp_top_k`.
+pub const MAX_TOP_K: usize = 1 << 24;
+/// Largest `backbone_resolution`.
+pub const MAX_RESOLUTION: usize = 8192;
+
+fn check_float(v: Option<f32>, lo: f32, hi: f32, key: &str, what: &dyn Fn(&str) -> String) -> Result<()> {
+    match v {
+        Some(x) if !x.is_finite() || x < lo || x > hi => bail!("{}: must be a finite number in [{lo}, {hi}], got {x}", what(key)),
+        _ => Ok(()),
+    }
+}
+
+fn check_int(v: Option<usize>, lo: usize, hi: usize, key: &str, what: &dyn Fn(&str) -> String) -> Result<()> {
+    match v {
+        Some(x) if x < lo || x > hi => bail!("{}: must be in {lo}..={hi}, got {x}", what(key)),
+        _ => Ok(()),
+    }
+}
+
 impl ParamOverrides {
+    /// Range checks of every value that is set, each on its own; `what(key)` names where the
+    /// value came from (`file: key `glad.tau``, `--tau`). Relations between keys are checked by
+    /// [`ParamOverrides::resolve_named`].
+    pub fn check(&self, what: &dyn Fn(&str) -> String) -> Result<()> {
+        check_int(self.denoise_step, 1, MAX_STEP, "denoise_step", what)?;
+        if let Some(o) = self.noise_offset {
+            if !(-(MAX_STEP as i64)..=0).contains(&o) {
+                bail!("{}: must be 0 or negative (0: MVTec, -1: VisA), got {o}", what("noise_offset"));
+            }
+        }
+        check_int(self.steps, 1, MAX_STEP, "steps", what)?;
+        check_float(self.guidance, 0.0, 100.0, "guidance", what)?;
+        check_float(self.tau, 0.0, 100.0, "tau", what)?;
+        check_int(self.min_step, 0, MAX_STEP, "min_step", what)?;
+        check_float(self.v, 0.0, 100.0, "v", what)?;
+        check_int(self.top_k, 1, MAX_TOP_K, "top_k", what)?;
+        check_int(self.adp_top_k, 1, MAX_TOP_K, "adp_top_k", what)?;
+        check_float(self.blur_sigma, 0.0, MAX_BLUR_SIGMA, "blur_sigma", what)?;
+        check_int(self.backbone_resolution, 1, MAX_RESOLUTION, "backbone_resolution", what)?;
+        Ok(())
+    }
+
+    /// Whether `key` is set here (`key` as in the YAML).
+    pub fn is_set(&self, key: &str) -> bool {
+        serde_json::to_value(self).ok().and_then(|v| v.get(key).map(|x| !x.is_null())).unwrap_or(false)
+    }
+
     /// `other`'s values win where set.
     pub fn merged(&self, other: &ParamOverrides) -> ParamOverrides {
         macro_rules! pick {
@@ -113,11 +164,22 @@ impl ParamOverrides {
 
     /// Fills the gaps with the reference's MVTec defaults and checks the result.
     pub fn resolve(&self, default_backbone_resolution: usize) -> Result<Params> {
+        self.resolve_named(default_backbone_resolution, &|k| format!("key `{k}`"))
+    }
+
+    /// [`ParamOverrides::resolve`], naming each key in errors with `what(key)` (where its value
+    /// came from).
+    pub fn resolve_named(&self, default_backbone_resolution: usize, what: &dyn Fn(&str) -> String) -> Result<Params> {
+        self.check(what)?;
         let denoise_step = self.denoise_step.unwrap_or(750);
         let offset = self.noise_offset.unwrap_or(0);
         let noise_step = denoise_step as i64 + offset;
         if !(0..=denoise_step as i64).contains(&noise_step) {
-            bail!("noise_offset {offset} puts the noise step outside [0, denoise_step {denoise_step}]");
+            bail!(
+                "{}: {offset} puts the noise step outside [0, denoise_step {denoise_step}] ({})",
+                what("noise_offset"),
+                what("denoise_step")
+            );
         }
         let p = Params {
             denoise_step,
@@ -136,15 +198,38 @@ impl ParamOverrides {
             object_mask: self.object_mask.unwrap_or_default(),
             reference: self.reference.unwrap_or_default(),
         };
-        if p.steps == 0 || p.steps > p.denoise_step {
-            bail!("steps must be in 1..=denoise_step ({}), got {}", p.denoise_step, p.steps);
-        }
-        if p.tau < 0.0 || !p.tau.is_finite() {
-            bail!("tau must be >= 0 (0 turns ADP off), got {}", p.tau);
-        }
-        if p.top_k == 0 || p.adp_top_k == 0 {
-            bail!("top_k and adp_top_k must be at least 1");
+        if p.steps > p.denoise_step {
+            bail!("{}: must be in 1..=denoise_step ({}, {}), got {}", what("steps"), p.denoise_step, what("denoise_step"), p.steps);
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key_and_its_origin() {
+        let what = |k: &str| format!("s.yaml: key `glad.{k}`");
+        let e = ParamOverrides { denoise_step: Some(0), ..Default::default() }.resolve_named(8, &what).unwrap_err().to_string();
+        assert!(e.contains("key `glad.denoise_step`") && e.contains("got 0"), "{e}");
+        let e = ParamOverrides { steps: Some(0), ..Default::default() }.resolve_named(8, &what).unwrap_err().to_string();
+        assert!(e.contains("key `glad.steps`"), "{e}");
+        let e = ParamOverrides { denoise_step: Some(10), steps: Some(20), ..Default::default() }
+            .resolve_named(8, &what)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `glad.steps`") && e.contains("denoise_step (10"), "{e}");
+        for (name, o) in [
+            ("tau", ParamOverrides { tau: Some(f32::NAN), ..Default::default() }),
+            ("guidance", ParamOverrides { guidance: Some(f32::INFINITY), ..Default::default() }),
+            ("v", ParamOverrides { v: Some(-1.0), ..Default::default() }),
+            ("blur_sigma", ParamOverrides { blur_sigma: Some(1e12), ..Default::default() }),
+        ] {
+            let e = o.resolve_named(8, &what).unwrap_err().to_string();
+            assert!(e.contains(&format!("key `glad.{name}`")), "{e}");
+        }
+        assert!(ParamOverrides::default().resolve(8).is_ok());
     }
 }

@@ -55,6 +55,32 @@ impl SchedulerConfig {
     }
 }
 
+impl SchedulerConfig {
+    /// Range checks, naming the key: betas finite in (0, 1) with start <= end, 2..=100000
+    /// train timesteps, `steps_offset` below them.
+    pub fn check(&self) -> Result<()> {
+        for (k, v) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            if !v.is_finite() || v <= 0.0 || v >= 1.0 {
+                bail!("key `scheduler.{k}`: must be a finite number in (0, 1), got {v}");
+            }
+        }
+        if self.beta_start > self.beta_end {
+            bail!("key `scheduler.beta_start`: {} is above `scheduler.beta_end` {}", self.beta_start, self.beta_end);
+        }
+        if !(2..=100_000).contains(&self.train_timesteps) {
+            bail!("key `scheduler.train_timesteps`: must be in 2..=100000, got {}", self.train_timesteps);
+        }
+        if self.steps_offset >= self.train_timesteps {
+            bail!(
+                "key `scheduler.steps_offset`: must be below `scheduler.train_timesteps` ({}), got {}",
+                self.train_timesteps,
+                self.steps_offset
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `ab[t]` over all train timesteps, in float32 as the reference computes it.
 #[derive(Debug, Clone)]
 pub struct AlphaBar {
@@ -71,7 +97,7 @@ impl AlphaBar {
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         let n = cfg.train_timesteps;
         if n < 2 {
-            bail!("scheduler.train_timesteps must be at least 2, got {n}");
+            bail!("key `scheduler.train_timesteps`: must be at least 2, got {n}");
         }
         let betas: Vec<f32> = match cfg.beta_schedule {
             BetaSchedule::Linear => linspace(cfg.beta_start, cfg.beta_end, n).map(|b| b as f32).collect(),
@@ -148,6 +174,14 @@ pub fn glad_grid(ab: &AlphaBar, cfg: &SchedulerConfig, denoise_step: usize, step
     let ratio = denoise_step / steps;
     if ratio == 0 {
         bail!("denoise_step {denoise_step} must be at least steps {steps} (ratio T // K is 0)");
+    }
+    let first = (steps - 1) * ratio + cfg.steps_offset;
+    if first >= ab.len() {
+        bail!(
+            "key `scheduler.steps_offset`: {} puts the first grid step {first} beyond the scheduler's {} train timesteps",
+            cfg.steps_offset,
+            ab.len()
+        );
     }
     Ok((0..steps)
         .rev()

@@ -143,6 +143,9 @@ impl Model {
         threads: usize,
         profile: Option<&TrtProfile>,
     ) -> Result<Model> {
+        if path.is_dir() {
+            bail!("{role}: model file {} is a directory, not an ONNX file", path.display());
+        }
         if !path.is_file() {
             bail!("{role}: model file {} does not exist", path.display());
         }

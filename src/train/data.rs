@@ -16,8 +16,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::synth::TextureSource;
-use crate::cli::inspect::collect_images;
 use crate::imaging;
+
+/// The images under `dir` (the one walker); a path that cannot be read is an error here.
+fn collect_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let w = crate::sources::walk::images(&[dir.to_path_buf()]);
+    if let Some(p) = w.problems.first() {
+        bail!("{}", p.error);
+    }
+    Ok(w.files)
+}
 
 /// What a derived generator is for (its stream number's top byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +65,7 @@ impl Dataset {
         if !dir.is_dir() {
             bail!("{}: image folder does not exist", dir.display());
         }
-        let paths = collect_images(&[dir.to_path_buf()])?;
+        let paths = collect_images(dir)?;
         if paths.is_empty() {
             bail!("{}: no images (png, jpg, jpeg, bmp, tif, tiff) found", dir.display());
         }
@@ -109,7 +117,7 @@ impl TextureDir {
         if !dir.is_dir() {
             bail!("{}: texture folder does not exist", dir.display());
         }
-        let paths = collect_images(&[dir.to_path_buf()])?;
+        let paths = collect_images(dir)?;
         if paths.is_empty() {
             bail!("{}: no texture images (png, jpg, jpeg, bmp, tif, tiff) found", dir.display());
         }

@@ -65,6 +65,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// The command line, recorded in the output bundle's provenance.
     pub command: String,
+    /// Replace `out` when it holds an earlier output of train.
+    pub force: bool,
 }
 
 impl TrainOptions {
@@ -408,7 +410,7 @@ impl Trainer {
 
     /// Trains as `opts` says, checkpointing on the way, and writes the output bundle.
     pub fn train(&mut self, opts: &TrainOptions) -> Result<TrainReport> {
-        output::check_out(&self.bundle.dir, &opts.out)?;
+        output::check_out(&self.bundle.dir, &opts.out, opts.force)?;
         let r = self.bundle.manifest.resolution;
         let data = Dataset::load(&opts.images, r)?;
         let textures = opts.textures.as_deref().map(TextureDir::open).transpose()?;
@@ -485,7 +487,7 @@ impl Trainer {
             finished_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         };
         let trained = &state.weights[..self.spec.trainable.len()];
-        output::write_bundle(&self.bundle.dir, &opts.out, &self.spec, trained, &provenance)?;
+        output::write_bundle(&self.bundle.dir, &opts.out, &self.spec, trained, &provenance, opts.force)?;
         tracing::info!(out = %opts.out.display(), steps = state.step, final_loss = ?losses.last(), seconds, "trained bundle written");
         Ok(TrainReport { out: opts.out.clone(), checkpoint: ckpt, start_step: start, steps: state.step, losses, seconds, steps_per_second })
     }

@@ -65,25 +65,64 @@ fn is_train_output(dir: &Path) -> bool {
     v.get("provenance").and_then(|p| p.get("training")).and_then(|t| t.get("tool")).is_some()
 }
 
-/// Checks that `out` may receive the output bundle of `src`: not the input bundle (nor inside
-/// it or around it), and either absent or an earlier output of train.
-pub fn check_out(src: &Path, out: &Path) -> Result<()> {
-    let src_abs = src.canonicalize().with_context(|| format!("{}: cannot resolve", src.display()))?;
-    if let Ok(out_abs) = out.canonicalize() {
-        if out_abs == src_abs || src_abs.starts_with(&out_abs) || out_abs.starts_with(&src_abs) {
-            bail!("--out {}: must not be the input bundle {} or inside it", out.display(), src.display());
+/// `path` made absolute without requiring it to exist: the longest existing ancestor
+/// canonicalised (symbolic links resolved), the rest appended. `..` after a missing folder is
+/// refused (it cannot be resolved).
+fn resolve_path(path: &Path) -> Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().context("cannot read the working directory")?.join(path)
+    };
+    let mut existing = abs.as_path();
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                if *part == ".." {
+                    bail!("--out {}: `..` after a folder that does not exist", path.display());
+                }
+                if *part != "." {
+                    out.push(part);
+                }
+            }
+            return Ok(out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => bail!("--out {}: cannot resolve", path.display()),
         }
     }
-    if out.exists() && !is_train_output(out) {
-        bail!("--out {}: exists and is not a bundle written by train; remove it or choose another folder", out.display());
+}
+
+/// Checks that `out` may receive the output bundle of `src`: not the input bundle, nor inside
+/// it or around it (whether or not `out` exists yet); either absent or an earlier output of
+/// train, which is replaced only with `force`.
+pub fn check_out(src: &Path, out: &Path, force: bool) -> Result<()> {
+    let src_abs = src.canonicalize().with_context(|| format!("{}: cannot resolve", src.display()))?;
+    let out_abs = resolve_path(out)?;
+    if out_abs == src_abs || src_abs.starts_with(&out_abs) || out_abs.starts_with(&src_abs) {
+        bail!("--out {}: must not be the input bundle {} or inside it", out.display(), src.display());
+    }
+    if out.exists() {
+        if !is_train_output(out) {
+            bail!("--out {}: exists and is not a bundle written by train; remove it or choose another folder", out.display());
+        }
+        if !force {
+            bail!("--out {}: holds an earlier output of train; pass --force to replace it", out.display());
+        }
     }
     out.file_name().with_context(|| format!("--out {}: needs a folder name", out.display()))?;
     Ok(())
 }
 
 /// Writes the output bundle `out` (through a temporary folder and a rename).
-pub fn write_bundle(src: &Path, out: &Path, spec: &TrainSpec, trained: &[Vec<f32>], prov: &Provenance) -> Result<()> {
-    check_out(src, out)?;
+pub fn write_bundle(src: &Path, out: &Path, spec: &TrainSpec, trained: &[Vec<f32>], prov: &Provenance, force: bool) -> Result<()> {
+    check_out(src, out, force)?;
     let name = out.file_name().with_context(|| format!("--out {}: needs a folder name", out.display()))?.to_string_lossy().to_string();
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;

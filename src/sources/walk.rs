@@ -1,0 +1,161 @@
+//! The one file walker: the image files named on a command line or found under folders.
+//!
+//! - Only regular files are listed from folders; anything else with an image extension (a FIFO,
+//!   a socket, a device) is skipped with a warning and never opened.
+//! - Symbolic links are followed; every folder is entered at most once (by canonical path), so
+//!   a link loop or a second link to the same folder never lists an image twice.
+//! - A named path that does not exist (or a folder that cannot be listed) does not stop the
+//!   walk: it comes back as a [`Problem`], which the commands report like an undecodable
+//!   file (`ok: false`, exit status non-zero) while the other images go on.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Extensions (lower case) of the image files taken from folders.
+pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+
+/// A path that could not be listed or taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// What a walk found: image files in order, and the paths that failed.
+#[derive(Debug, Clone, Default)]
+pub struct Walk {
+    pub files: Vec<PathBuf>,
+    pub problems: Vec<Problem>,
+}
+
+impl Walk {
+    /// Every path, found or failed (for counts).
+    pub fn len(&self) -> usize {
+        self.files.len() + self.problems.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The problems as one-line messages.
+    pub fn messages(&self) -> Vec<String> {
+        self.problems.iter().map(|p| p.error.clone()).collect()
+    }
+}
+
+/// Whether `path` has one of [`EXTENSIONS`] (any case).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+struct Walker {
+    recursive: bool,
+    visited: HashSet<PathBuf>,
+    out: Walk,
+}
+
+impl Walker {
+    fn problem(&mut self, path: &Path, error: String) {
+        self.out.problems.push(Problem { path: path.to_path_buf(), error });
+    }
+
+    fn dir(&mut self, dir: &Path) {
+        let canon = match dir.canonicalize() {
+            Ok(c) => c,
+            Err(e) => return self.problem(dir, format!("{}: cannot resolve folder: {e}", dir.display())),
+        };
+        if !self.visited.insert(canon.clone()) {
+            tracing::warn!(path = %dir.display(), target = %canon.display(), "folder already listed (symbolic link loop or second link); skipped");
+            return;
+        }
+        let entries = match std::fs::read_dir(dir) {
+            Ok(r) => r,
+            Err(e) => return self.problem(dir, format!("{}: cannot list folder: {e}", dir.display())),
+        };
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for e in entries {
+            match e {
+                Ok(e) => paths.push(e.path()),
+                Err(e) => return self.problem(dir, format!("{}: cannot list folder: {e}", dir.display())),
+            }
+        }
+        paths.sort();
+        for p in paths {
+            // Follows a symbolic link (once: the folder set stops loops).
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if self.recursive {
+                        self.dir(&p);
+                    }
+                }
+                Ok(m) if m.is_file() => {
+                    if has_image_extension(&p) {
+                        self.out.files.push(p);
+                    }
+                }
+                Ok(_) => {
+                    if has_image_extension(&p) {
+                        tracing::warn!(path = %p.display(), "not a regular file (FIFO, socket or device); skipped, never opened");
+                    }
+                }
+                Err(e) => {
+                    if has_image_extension(&p) {
+                        self.problem(&p, format!("{}: cannot open: {e}", p.display()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Files named directly (any extension, as long as they are regular files), plus the images
+/// under named folders (recursively), sorted per folder.
+pub fn images(inputs: &[PathBuf]) -> Walk {
+    walk(inputs, true)
+}
+
+/// The images directly in `dir` (not in its sub-folders), sorted.
+pub fn images_in(dir: &Path) -> Walk {
+    walk(&[dir.to_path_buf()], false)
+}
+
+fn walk(inputs: &[PathBuf], recursive: bool) -> Walk {
+    let mut w = Walker { recursive, visited: HashSet::new(), out: Walk::default() };
+    for p in inputs {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => w.dir(p),
+            Ok(m) if m.is_file() => w.out.files.push(p.clone()),
+            Ok(_) => w.problem(p, format!("{}: not a regular file (a FIFO, socket or device is never read)", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => w.problem(p, format!("{}: no such file or folder", p.display())),
+            Err(e) => w.problem(p, format!("{}: cannot open: {e}", p.display())),
+        }
+    }
+    w.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_regular_images_once_and_reports_missing_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("a.png"), b"x").unwrap();
+        std::fs::write(d.join("b.txt"), b"x").unwrap();
+        std::fs::write(d.join("sub/c.JPG"), b"x").unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&d, d.join("sub/loop")).unwrap();
+            std::os::unix::fs::symlink(d.join("gone.png"), d.join("dangling.png")).unwrap();
+        }
+        let missing = tmp.path().join("missing.png");
+        let w = images(&[d.clone(), missing.clone()]);
+        assert_eq!(w.files, vec![d.join("a.png"), d.join("sub/c.JPG")]);
+        let bad: Vec<&Path> = w.problems.iter().map(|p| p.path.as_path()).collect();
+        #[cfg(unix)]
+        assert_eq!(bad, vec![d.join("dangling.png").as_path(), missing.as_path()]);
+        assert!(w.problems.last().unwrap().error.contains("no such file or folder"));
+        assert_eq!(images_in(&d).files, vec![d.join("a.png")]);
+    }
+}
