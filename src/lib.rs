@@ -15,5 +15,6 @@ pub mod imaging;
 pub mod pipeline;
 pub mod runtime;
 pub mod sinks;
+pub mod sources;
 pub mod station;
 pub mod train;
