@@ -2,13 +2,17 @@
 //! Each sink sits behind its own bounded queue so a slow or dead one never blocks the engine;
 //! it keeps its counters as atomics that `/metrics` reads.
 
+pub mod jsonl;
 pub mod record;
+pub mod store;
 
 use std::time::Duration;
 
 use anyhow::Result;
 
+pub use jsonl::JsonlSink;
 pub use record::{FrameRecord, FrameResult, Stored, Verdict};
+pub use store::{ImageStore, StoreConfig};
 
 /// A sink's health as `/readyz` and `/metrics` report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
