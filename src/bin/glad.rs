@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use glad_edge::cli::{self, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, CommonArgs, ParamArgs, Settings};
+use glad_edge::cli::{self, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, run::RunArgs, CommonArgs, ParamArgs, Settings};
 
 /// GLAD diffusion-based anomaly detection on ONNX Runtime.
 #[derive(Parser)]
@@ -26,6 +26,14 @@ enum Command {
     Eval(Box<EvalArgs>),
     /// Set a verdict threshold from normal images and write a station config.
     Calibrate(Box<CalibrateArgs>),
+    /// Run a station: cameras, engines and results until SIGINT or SIGTERM.
+    Run(Box<RunArgs>),
+    /// List the V4L2 cameras with their formats, frame sizes and rates.
+    Cameras {
+        /// Folder holding the video* device nodes.
+        #[arg(long, default_value = "/dev", value_name = "DIR")]
+        dev: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +44,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cli::inspect::run(*args),
         Command::Eval(args) => cli::eval::run(*args),
         Command::Calibrate(args) => cli::calibrate::run(*args),
+        Command::Run(args) => cli::run::run(*args),
+        Command::Cameras { dev } => cli::cameras::run(&dev),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

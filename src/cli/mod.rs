@@ -1,9 +1,11 @@
 //! The `glad` subcommands: argument parsing and wiring only.
 
 pub mod calibrate;
+pub mod cameras;
 pub mod eval;
 pub mod info;
 pub mod inspect;
+pub mod run;
 
 use std::path::PathBuf;
 

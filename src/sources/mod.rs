@@ -96,16 +96,25 @@ pub trait FrameSource: Send {
     fn close(&mut self);
 }
 
-/// Sorted files with an image extension directly in `dir` (the replay source's listing; a
-/// small local copy so it does not depend on the inspect walker).
+/// Image files under `dir`, sorted by path (folders searched recursively): the replay
+/// source's listing, a small local copy so it does not depend on the inspect walker.
 pub fn sorted_images(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     use anyhow::Context;
     const EXT: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
-    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list folder", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXT.contains(&e.to_ascii_lowercase().as_str())))
-        .collect();
-    v.sort();
-    Ok(v)
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
+        let mut v: Vec<std::path::PathBuf> =
+            std::fs::read_dir(dir).with_context(|| format!("{}: cannot list folder", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        v.sort();
+        for p in v {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXT.contains(&e.to_ascii_lowercase().as_str())) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    Ok(out)
 }

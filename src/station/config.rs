@@ -135,15 +135,15 @@ pub struct Roi {
     pub height: u32,
 }
 
+/// A camera's source. In YAML exactly one of `replay:`, `v4l2:` or `fake:`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
+#[serde(try_from = "SourceSpec", into = "SourceSpec")]
 pub enum SourceConfig {
     /// A folder of images (sorted) or a raw recording with index.yaml.
     Replay {
         path: PathBuf,
         /// Frames per second (0: as fast as the station takes them).
         fps: f64,
-        #[serde(default, rename = "loop")]
         looping: bool,
     },
     /// A V4L2 camera.
@@ -154,7 +154,6 @@ pub enum SourceConfig {
         height: u32,
         fps: f64,
         /// Accept another format, size or rate than asked (logged); else refuse to start.
-        #[serde(default)]
         allow_fallback: bool,
     },
     /// The fault-injecting fake camera over a folder of images (tests, demos).
@@ -164,9 +163,88 @@ pub enum SourceConfig {
         width: u32,
         height: u32,
         fps: f64,
-        #[serde(default)]
         faults: Vec<Fault>,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySpec {
+    pub path: PathBuf,
+    pub fps: f64,
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct V4l2Spec {
+    pub device: PathBuf,
+    pub format: Fourcc,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    #[serde(default)]
+    pub allow_fallback: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeSpec {
+    pub frames: PathBuf,
+    pub format: Fourcc,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+}
+
+/// The YAML shape of `source:`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4l2: Option<V4l2Spec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fake: Option<FakeSpec>,
+}
+
+impl TryFrom<SourceSpec> for SourceConfig {
+    type Error = String;
+    fn try_from(s: SourceSpec) -> Result<Self, String> {
+        match (s.replay, s.v4l2, s.fake) {
+            (Some(r), None, None) => Ok(SourceConfig::Replay { path: r.path, fps: r.fps, looping: r.looping }),
+            (None, Some(v), None) => Ok(SourceConfig::V4l2 {
+                device: v.device,
+                format: v.format,
+                width: v.width,
+                height: v.height,
+                fps: v.fps,
+                allow_fallback: v.allow_fallback,
+            }),
+            (None, None, Some(f)) => {
+                Ok(SourceConfig::Fake { frames: f.frames, format: f.format, width: f.width, height: f.height, fps: f.fps, faults: f.faults })
+            }
+            _ => Err("set exactly one of `replay`, `v4l2`, `fake`".into()),
+        }
+    }
+}
+
+impl From<SourceConfig> for SourceSpec {
+    fn from(c: SourceConfig) -> SourceSpec {
+        match c {
+            SourceConfig::Replay { path, fps, looping } => SourceSpec { replay: Some(ReplaySpec { path, fps, looping }), ..Default::default() },
+            SourceConfig::V4l2 { device, format, width, height, fps, allow_fallback } => {
+                SourceSpec { v4l2: Some(V4l2Spec { device, format, width, height, fps, allow_fallback }), ..Default::default() }
+            }
+            SourceConfig::Fake { frames, format, width, height, fps, faults } => {
+                SourceSpec { fake: Some(FakeSpec { frames, format, width, height, fps, faults }), ..Default::default() }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
