@@ -98,16 +98,21 @@ impl ImageStore {
         self.inner.lock().expect("store lock").files.iter().map(|f| f.0.clone()).collect()
     }
 
+    /// Deletes the oldest frame (its input and heatmap together).
     fn evict_oldest(inner: &mut Inner) -> bool {
-        match inner.files.pop_front() {
-            Some((p, n)) => {
-                std::fs::remove_file(&p).ok();
-                inner.total = inner.total.saturating_sub(n);
-                tracing::debug!(file = %p.display(), "evicted");
-                true
-            }
-            None => false,
+        let stem = |p: &Path| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.split('.').next()).map(str::to_string);
+        let Some((p, n)) = inner.files.pop_front() else { return false };
+        let first = stem(&p);
+        let mut gone = vec![(p, n)];
+        while inner.files.front().is_some_and(|f| stem(&f.0) == first) {
+            gone.extend(inner.files.pop_front());
         }
+        for (p, n) in gone {
+            std::fs::remove_file(&p).ok();
+            inner.total = inner.total.saturating_sub(n);
+            tracing::debug!(file = %p.display(), "evicted");
+        }
+        true
     }
 
     /// Stores the frame's pictures when the policy wants them; says where they went, or

@@ -121,7 +121,7 @@ impl<D: CaptureDevice> CameraSource<D> {
             Fourcc::Yuyv => {
                 let want = (w * h) as usize * 2;
                 if bytes.len() != want {
-                    self.reopen = Some(format!("frame of {} bytes, YUYV {w}x{h} needs {want}", bytes.len()));
+                    self.reopen = Some(format!("frame size changed: {} bytes, YUYV {w}x{h} needs {want}", bytes.len()));
                     return Err(bad("frame_size", format!("{} bytes, YUYV {w}x{h} needs {want}", bytes.len())));
                 }
             }

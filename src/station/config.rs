@@ -339,7 +339,12 @@ impl Check<'_> {
 impl StationConfig {
     pub fn load(path: &Path) -> Result<StationConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read station config", path.display()))?;
-        let c: StationConfig = parse_yaml(path, &text)?;
+        Self::from_yaml(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` names it in errors.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<StationConfig> {
+        let c: StationConfig = parse_yaml(path, text)?;
         c.validate(path)?;
         Ok(c)
     }

@@ -64,15 +64,15 @@ struct Cam {
     policy: Policy,
     trigger: bool,
     settings: RwLock<CamSettings>,
-    live: Mutex<Option<Frame>>,
-    queue: (Sender<Frame>, Receiver<Frame>),
-    dropped_since: AtomicU64,
+    /// A frame with the number of this camera's frames dropped just before it.
+    live: Mutex<Option<(Frame, u64)>>,
+    queue: (Sender<(Frame, u64)>, Receiver<(Frame, u64)>),
     bundle_hash: String,
     done: AtomicBool,
 }
 
 impl Cam {
-    fn take(&self) -> Option<Frame> {
+    fn take(&self) -> Option<(Frame, u64)> {
         match self.policy {
             Policy::Live => self.live.lock().expect("mailbox lock").take(),
             Policy::Lossless => self.queue.1.try_recv().ok(),
@@ -112,6 +112,7 @@ pub struct Station {
     cams: BTreeMap<String, Arc<Cam>>,
     config: Mutex<StationConfig>,
     active_cameras: Arc<AtomicUsize>,
+    engines: usize,
     pub captured: Arc<AtomicU64>,
     pub recorded: Arc<AtomicU64>,
 }
@@ -146,14 +147,14 @@ fn ms_since_epoch(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
 }
 
-fn error_record(cam: &Cam, seq: u64, t_capture: SystemTime, kind: &str, message: &str) -> FrameResult {
+fn error_record(cam: &Cam, seq: u64, t_capture: SystemTime, dropped: u64, kind: &str, message: &str) -> FrameResult {
     let settings = cam.settings.read().expect("settings lock");
     let rec = FrameRecord {
         camera: cam.name.clone(),
         seq,
         t_capture_ms: ms_since_epoch(t_capture),
         latency_ms: SystemTime::now().duration_since(t_capture).unwrap_or_default().as_secs_f64() * 1e3,
-        dropped: cam.dropped_since.swap(0, Ordering::Relaxed),
+        dropped,
         ok: false,
         error: Some(format!("{kind}: {message}")),
         score: None,
@@ -257,6 +258,7 @@ fn camera_thread(
     let label = Metrics::camera(&cam.name);
     let beat = state.heartbeats.register(&format!("camera:{}", cam.name));
     let mut gate = Gate { last_pass: None };
+    let mut dropped: u64 = 0;
     let name = cam.name.clone();
     let backoff = cfg.backoff();
     run_capture(src.as_mut(), &backoff, ms(cfg.frame_timeout_ms), &stop, |ev| {
@@ -269,21 +271,25 @@ fn camera_thread(
                 }
                 let admit = gate.admit(&cam.settings.read().expect("settings lock"), f.seq);
                 if !admit {
-                    cam.dropped_since.fetch_add(1, Ordering::Relaxed);
+                    dropped += 1;
                     m.dropped.get_or_create(&label).inc();
                     return;
                 }
+                let before = std::mem::take(&mut dropped);
                 match cam.policy {
                     Policy::Live => {
-                        let old = cam.live.lock().expect("mailbox lock").replace(f);
-                        if old.is_some() {
-                            cam.dropped_since.fetch_add(1, Ordering::Relaxed);
+                        let mut slot = cam.live.lock().expect("mailbox lock");
+                        // The frame it replaces is dropped, and so are the ones dropped before it.
+                        let carried = slot.take().map_or(0, |(_, d)| d + 1);
+                        *slot = Some((f, before + carried));
+                        drop(slot);
+                        if carried > 0 {
                             m.dropped.get_or_create(&label).inc();
                         }
                         group.wake();
                     }
                     Policy::Lossless => {
-                        let mut f = f;
+                        let mut f = (f, before);
                         // Back-pressure: wait for room; the worker drains until we are done.
                         loop {
                             match cam.queue.0.send_timeout(f, Duration::from_millis(100)) {
@@ -304,7 +310,7 @@ fn camera_thread(
             CaptureEvent::BadFrame { kind, seq, message } => {
                 captured.fetch_add(1, Ordering::Relaxed);
                 m.errors.get_or_create(&ErrorLabel { camera: name.clone(), kind: kind.to_string() }).inc();
-                let _ = out.send(error_record(&cam, seq, SystemTime::now(), kind, &message));
+                let _ = out.send(error_record(&cam, seq, SystemTime::now(), 0, kind, &message));
             }
             CaptureEvent::Streaming { .. } => {
                 state.set_camera_status(&name, true, "streaming");
@@ -330,6 +336,7 @@ fn camera_thread(
 struct Prepared {
     cam: Arc<Cam>,
     frame: Frame,
+    dropped: u64,
     crop: RgbImage,
     tensor: Array3<f32>,
     decode: Duration,
@@ -352,8 +359,8 @@ fn worker_thread(
     loop {
         beat.beat();
         // Gather: whatever is waiting now, then more within the batch window.
-        let mut taken: Vec<(Arc<Cam>, Frame)> = Vec::new();
-        let mut take_round = |taken: &mut Vec<(Arc<Cam>, Frame)>| {
+        let mut taken: Vec<(Arc<Cam>, (Frame, u64))> = Vec::new();
+        let mut take_round = |taken: &mut Vec<(Arc<Cam>, (Frame, u64))>| {
             let n = group.cams.len();
             for k in 0..n {
                 if taken.len() >= cfg.max_batch {
@@ -387,14 +394,14 @@ fn worker_thread(
         }
         // Decode, crop, preprocess; stale frames and decode failures get error records.
         let mut batch: Vec<Prepared> = Vec::new();
-        for (cam, frame) in taken {
+        for (cam, (frame, dropped)) in taken {
             let settings = cam.settings.read().expect("settings lock").clone();
             if cam.policy == Policy::Live {
                 let age = frame.age();
                 if age.as_secs_f64() * 1e3 > settings.max_age_ms {
                     m.errors.get_or_create(&ErrorLabel { camera: cam.name.clone(), kind: "stale".into() }).inc();
                     let msg = format!("frame is {:.0} ms old, max_age_ms is {}", age.as_secs_f64() * 1e3, settings.max_age_ms);
-                    let _ = out.send(error_record(&cam, frame.seq, frame.t_capture, "stale", &msg));
+                    let _ = out.send(error_record(&cam, frame.seq, frame.t_capture, dropped, "stale", &msg));
                     continue;
                 }
             }
@@ -404,11 +411,11 @@ fn worker_thread(
                     let tensor = imaging::preprocess(&crop, r);
                     let decode = t0.elapsed();
                     m.stage_seconds.get_or_create(&StageLabel { stage: "decode".into() }).observe(decode.as_secs_f64());
-                    batch.push(Prepared { cam, frame, crop, tensor, decode });
+                    batch.push(Prepared { cam, frame, dropped, crop, tensor, decode });
                 }
                 Err(e) => {
                     m.errors.get_or_create(&ErrorLabel { camera: cam.name.clone(), kind: "decode".into() }).inc();
-                    let _ = out.send(error_record(&cam, frame.seq, frame.t_capture, "decode", &format!("{e:#}")));
+                    let _ = out.send(error_record(&cam, frame.seq, frame.t_capture, dropped, "decode", &format!("{e:#}")));
                 }
             }
         }
@@ -440,7 +447,7 @@ fn worker_thread(
                         seq: p.frame.seq,
                         t_capture_ms: ms_since_epoch(p.frame.t_capture),
                         latency_ms: now.duration_since(p.frame.t_capture).unwrap_or_default().as_secs_f64() * 1e3,
-                        dropped: p.cam.dropped_since.swap(0, Ordering::Relaxed),
+                        dropped: p.dropped,
                         ok: finite,
                         error: (!finite).then(|| format!("engine: the anomaly score is {}", insp.score)),
                         score: finite.then_some(insp.score),
@@ -463,7 +470,7 @@ fn worker_thread(
                 tracing::error!(component = %component, error = %msg, "inspection failed");
                 for p in batch {
                     m.errors.get_or_create(&ErrorLabel { camera: p.cam.name.clone(), kind: "engine".into() }).inc();
-                    let _ = out.send(error_record(&p.cam, p.frame.seq, p.frame.t_capture, "engine", &msg));
+                    let _ = out.send(error_record(&p.cam, p.frame.seq, p.frame.t_capture, p.dropped, "engine", &msg));
                 }
             }
         }
@@ -583,6 +590,7 @@ impl Station {
         let mut workers = Vec::new();
         let active = Arc::new(AtomicUsize::new(config.cameras.len()));
         let mut sources: Vec<Option<Box<dyn FrameSource>>> = sources.into_iter().map(Some).collect();
+        let engines = groups.len();
         for (gi, (_key, (engine, idxs))) in groups.into_iter().enumerate() {
             let mut gcams = Vec::new();
             for &i in &idxs {
@@ -594,7 +602,6 @@ impl Station {
                     settings: RwLock::new(CamSettings::from_config(c)?),
                     live: Mutex::new(None),
                     queue: bounded(c.queue),
-                    dropped_since: AtomicU64::new(0),
                     bundle_hash: hashes[&c.bundle].clone(),
                     done: AtomicBool::new(false),
                 });
@@ -650,6 +657,7 @@ impl Station {
             cams,
             config: Mutex::new(config),
             active_cameras: active,
+            engines,
             captured,
             recorded,
         })
@@ -657,6 +665,11 @@ impl Station {
 
     pub fn state(&self) -> Arc<StationState> {
         self.state.clone()
+    }
+
+    /// Engines loaded (cameras with the same bundle, preset and `glad` share one).
+    pub fn engines(&self) -> usize {
+        self.engines
     }
 
     /// True once every camera's source has ended or stopped (a replay without loop).
