@@ -669,3 +669,57 @@ fn station_glad_run_stops_on_sigterm_with_every_frame_recorded() {
     assert!(stopped.contains(&format!("captured={}", recs.len())) && stopped.contains(&format!("recorded={}", recs.len())), "{stopped}");
     assert!(stderr.contains("signal received"), "{stderr}");
 }
+
+// ---------------------------------------------------------------- config and replay
+
+#[test]
+fn station_example_config_is_valid_and_its_paths_exist() {
+    let p = root().join("config/station.example.yaml");
+    let c = StationConfig::load(&p).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(c.cameras.len(), 1);
+    let cam = &c.cameras[0];
+    assert!(root().join(&cam.bundle).join("bundle.yaml").is_file());
+    match &cam.source {
+        glad_edge::station::config::SourceConfig::Replay { path, .. } => {
+            assert!(!glad_edge::sources::sorted_images(&root().join(path)).unwrap().is_empty())
+        }
+        other => panic!("the example should replay: {other:?}"),
+    }
+    // A typo is refused with the file and the key.
+    let text = std::fs::read_to_string(&p).unwrap().replace("max_age_ms: 3000", "max_age: 3000");
+    let e = format!("{:#}", StationConfig::from_yaml(&p, &text).unwrap_err());
+    assert!(e.contains("station.example.yaml") && e.contains("cameras[0]") && e.contains("max_age"), "{e}");
+}
+
+#[test]
+fn station_replay_of_raw_yuyv_and_mjpeg_recordings() {
+    use glad_edge::sources::replay::{write_recording, ReplaySource};
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs: Vec<RgbImage> = (0..3).map(pattern).collect();
+    let yuyv: Vec<Vec<u8>> = imgs.iter().map(glad_edge::sources::decode::rgb_to_yuyv).collect();
+    write_recording(&tmp.path().join("yuyv"), Fourcc::Yuyv, 32, 32, &yuyv).unwrap();
+    let mjpeg: Vec<Vec<u8>> = imgs
+        .iter()
+        .map(|i| {
+            let mut b = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut b, 95).encode_image(i).unwrap();
+            b
+        })
+        .collect();
+    write_recording(&tmp.path().join("mjpeg"), Fourcc::Mjpeg, 32, 32, &mjpeg).unwrap();
+    for kind in ["yuyv", "mjpeg"] {
+        let mut src = ReplaySource::open_path("rec", &tmp.path().join(kind), 100.0, false).unwrap();
+        src.open().unwrap();
+        let t0 = Instant::now();
+        for (i, want) in imgs.iter().enumerate() {
+            let f = src.next_frame(Duration::from_secs(1)).unwrap();
+            assert_eq!(f.seq, i as u64);
+            let got = glad_edge::sources::decode::decode_frame(&f).unwrap();
+            assert_eq!(got.dimensions(), (32, 32));
+            let err = got.pixels().zip(want.pixels()).map(|(a, b)| (0..3).map(|c| (a[c] as i32 - b[c] as i32).abs()).max().unwrap()).max().unwrap();
+            assert!(err <= 24, "{kind}: frame {i} differs by {err}");
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(15), "{kind}: not paced at 100 fps");
+        assert_eq!(src.next_frame(Duration::from_secs(1)).unwrap_err(), glad_edge::sources::SourceError::Ended);
+    }
+}
