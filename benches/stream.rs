@@ -51,7 +51,17 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run(root: &Path, frames_dir: &Path, out: &Path, bundle: &str, glad: &str, policy: &'static str, fps: f64, max_age_ms: f64, n: usize) -> Row {
+fn run(
+    root: &Path,
+    frames_dir: &Path,
+    out: &Path,
+    bundle: &str,
+    glad: &str,
+    policy: &'static str,
+    fps: f64,
+    max_age_ms: f64,
+    n: usize,
+) -> Row {
     let text = format!(
         "results: {{dir: {}, min_free_bytes: 0, store_ng: false}}\nscheduler: {{max_batch: 1, batch_window_ms: 0}}\ncameras:\n  - name: bench\n    bundle: {}\n    glad: {glad}\n    policy: {policy}\n    queue: 4\n    max_age_ms: {max_age_ms}\n    source: {{replay: {{path: {}, fps: {fps}, loop: false}}}}\n",
         out.display(),
@@ -121,17 +131,7 @@ fn main() {
             let offered = if r.offered == 0.0 { "max".to_string() } else { format!("{:.2}", r.offered) };
             println!(
                 "| {bundle} {glad} | {} | {offered} | {} | {} | {:.2} | {:.0} | {:.0} | {} | {} | {:.0} + {:.1} | {:.2} |",
-                r.policy,
-                r.frames,
-                r.inspected,
-                r.fps,
-                r.p50,
-                r.p99,
-                r.dropped,
-                r.stale,
-                r.engine_ms,
-                r.decode_ms,
-                r.p99_ratio
+                r.policy, r.frames, r.inspected, r.fps, r.p50, r.p99, r.dropped, r.stale, r.engine_ms, r.decode_ms, r.p99_ratio
             );
         }
     }

@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use glad_edge::sinks::{FrameRecord, FrameResult, Health, ImageStore, Sink, StoreConfig, Stored, Verdict};
-use glad_edge::sources::fake::{Fault, FakeDevice};
+use glad_edge::sources::fake::{FakeDevice, Fault};
 use glad_edge::sources::v4l2::V4l2Device;
-use glad_edge::sources::{run_capture, Backoff, CameraSource, CaptureDevice, CaptureEvent, FrameSource, Fourcc, Mode, Negotiated, RawFrame};
+use glad_edge::sources::{
+    run_capture, Backoff, CameraSource, CaptureDevice, CaptureEvent, Fourcc, FrameSource, Mode, Negotiated, RawFrame,
+};
 use glad_edge::station::runner::{bundle_hash, crop_roi};
 use glad_edge::station::{StartOptions, Station, StationConfig};
 use image::{Rgb, RgbImage};
@@ -225,7 +227,8 @@ fn station_v4l2_open_error_enxio_and_the_reconnect_loop_backs_off() {
     init_logs();
     let tmp = tempfile::tempdir().unwrap();
     let Some(node) = enxio_node(tmp.path()) else { return };
-    let mut cam = CameraSource::new("cam-enxio", V4l2Device::new(&node), Mode { fourcc: Fourcc::Mjpeg, width: 640, height: 480 }, 30.0, false);
+    let mut cam =
+        CameraSource::new("cam-enxio", V4l2Device::new(&node), Mode { fourcc: Fourcc::Mjpeg, width: 640, height: 480 }, 30.0, false);
     let backoff = Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(80) };
     let s = capture(&mut cam, backoff, Duration::from_millis(200), 1, Duration::from_millis(1000));
     // 20 + 40 + 80 + 80 ... ms: about 13 attempts in a second; a busy loop would make thousands.
@@ -290,7 +293,10 @@ fn station_roi_crop_before_resize_matches_golden() {
     // Resize-then-crop would be a different picture: the order matters.
     let wrong = glad_edge::imaging::tensor_to_rgb(glad_edge::imaging::preprocess(&frame, 32).view());
     assert_ne!(wrong, want);
-    assert!(crop_roi(frame, Some(glad_edge::station::config::Roi { x: 60, y: 0, width: 48, height: 10 })).unwrap_err().to_string().contains("outside"));
+    assert!(crop_roi(frame, Some(glad_edge::station::config::Roi { x: 60, y: 0, width: 48, height: 10 }))
+        .unwrap_err()
+        .to_string()
+        .contains("outside"));
 }
 
 // ---------------------------------------------------------------- the station
@@ -413,8 +419,23 @@ fn station_record_has_every_field_and_ng_frames_are_stored() {
     let hash = bundle_hash(&root().join("onnx/tiny")).unwrap();
     for (i, l) in lines.iter().enumerate() {
         for key in [
-            "camera", "seq", "t_capture_ms", "latency_ms", "dropped", "ok", "score", "threshold", "verdict", "normalized_score", "adp_step",
-            "adp_score", "adp_stop", "times_ms", "stored", "bundle_hash", "glad_version",
+            "camera",
+            "seq",
+            "t_capture_ms",
+            "latency_ms",
+            "dropped",
+            "ok",
+            "score",
+            "threshold",
+            "verdict",
+            "normalized_score",
+            "adp_step",
+            "adp_score",
+            "adp_stop",
+            "times_ms",
+            "stored",
+            "bundle_hash",
+            "glad_version",
         ] {
             assert!(l.get(key).is_some(), "missing `{key}` in {l}");
         }
@@ -716,7 +737,12 @@ fn station_replay_of_raw_yuyv_and_mjpeg_recordings() {
             assert_eq!(f.seq, i as u64);
             let got = glad_edge::sources::decode::decode_frame(&f).unwrap();
             assert_eq!(got.dimensions(), (32, 32));
-            let err = got.pixels().zip(want.pixels()).map(|(a, b)| (0..3).map(|c| (a[c] as i32 - b[c] as i32).abs()).max().unwrap()).max().unwrap();
+            let err = got
+                .pixels()
+                .zip(want.pixels())
+                .map(|(a, b)| (0..3).map(|c| (a[c] as i32 - b[c] as i32).abs()).max().unwrap())
+                .max()
+                .unwrap();
             assert!(err <= 24, "{kind}: frame {i} differs by {err}");
         }
         assert!(t0.elapsed() >= Duration::from_millis(15), "{kind}: not paced at 100 fps");

@@ -45,6 +45,20 @@ pub fn run(args: RunArgs) -> Result<bool> {
     } else {
         tracing::info!("every source ended, stopping");
     }
+    let state = station.state();
     station.shutdown(Duration::from_secs_f64(args.shutdown_timeout))?;
+    // A camera that refused its configuration (e.g. a format the driver cannot give) is a
+    // real failure even though the others ran.
+    let failed: Vec<String> = state
+        .cameras
+        .values()
+        .filter_map(|c| {
+            let s = c.status.lock().expect("status lock").clone();
+            s.starts_with("stopped:").then(|| format!("camera `{}`: {s}", c.name))
+        })
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!("{}", failed.join("; "));
+    }
     Ok(true)
 }

@@ -137,7 +137,10 @@ impl<D: CaptureDevice> FrameSource for CameraSource<D> {
 
     fn open(&mut self) -> Result<(), SourceError> {
         self.reopen = None;
-        let n = self.device.open(self.want, self.fps).map_err(|e| SourceError::Lost(format!("{}: cannot open: {e}", self.device.describe())))?;
+        let n = self
+            .device
+            .open(self.want, self.fps)
+            .map_err(|e| SourceError::Lost(format!("{}: cannot open: {e}", self.device.describe())))?;
         let differs = n.mode != self.want;
         let fps_differs = n.fps.is_some_and(|f| self.fps > 0.0 && (f - self.fps).abs() > 0.5);
         tracing::info!(camera = %self.camera, device = %self.device.describe(), format = %n.mode, fps = ?n.fps, "negotiated");

@@ -66,9 +66,8 @@ pub fn decode_frame(frame: &Frame) -> Result<RgbImage> {
     match frame.format {
         PixelFormat::Mjpeg => crate::imaging::decode_rgb(&frame.bytes),
         PixelFormat::Yuyv { w, h } => yuyv_to_rgb(&frame.bytes, w, h),
-        PixelFormat::Rgb { w, h } => {
-            RgbImage::from_raw(w, h, frame.bytes.to_vec()).ok_or_else(|| anyhow::anyhow!("RGB {w}x{h} needs {} bytes, the frame has {}", w * h * 3, frame.bytes.len()))
-        }
+        PixelFormat::Rgb { w, h } => RgbImage::from_raw(w, h, frame.bytes.to_vec())
+            .ok_or_else(|| anyhow::anyhow!("RGB {w}x{h} needs {} bytes, the frame has {}", w * h * 3, frame.bytes.len())),
     }
 }
 

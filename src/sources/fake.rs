@@ -19,7 +19,11 @@ use super::camera::{CaptureDevice, Fourcc, Mode, Negotiated, RawFrame};
 #[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
 pub enum Fault {
     /// `ENODEV` on dequeue, then `reopen_failures` opens fail with `ENODEV`.
-    Unplug { at: u64, #[serde(default)] reopen_failures: u32 },
+    Unplug {
+        at: u64,
+        #[serde(default)]
+        reopen_failures: u32,
+    },
     /// `EIO` on dequeue.
     Eio { at: u64 },
     /// No frame for `ms` milliseconds (the dequeue times out).
@@ -33,7 +37,9 @@ pub enum Fault {
 impl Fault {
     fn at(&self) -> u64 {
         match self {
-            Fault::Unplug { at, .. } | Fault::Eio { at } | Fault::Stall { at, .. } | Fault::Corrupt { at } | Fault::Resize { at, .. } => *at,
+            Fault::Unplug { at, .. } | Fault::Eio { at } | Fault::Stall { at, .. } | Fault::Corrupt { at } | Fault::Resize { at, .. } => {
+                *at
+            }
         }
     }
 }

@@ -102,8 +102,10 @@ pub fn sorted_images(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::Pat
     use anyhow::Context;
     const EXT: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
-        let mut v: Vec<std::path::PathBuf> =
-            std::fs::read_dir(dir).with_context(|| format!("{}: cannot list folder", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot list folder", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         v.sort();
         for p in v {
             if p.is_dir() {

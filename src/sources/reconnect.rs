@@ -33,11 +33,21 @@ impl Backoff {
 pub enum CaptureEvent {
     Frame(Frame),
     /// One bad frame (counted as an error frame); the stream goes on.
-    BadFrame { kind: &'static str, seq: u64, message: String },
+    BadFrame {
+        kind: &'static str,
+        seq: u64,
+        message: String,
+    },
     /// Streaming: the first open (`reopens` 0) or again after `reopens` attempts.
-    Streaming { reopens: u32 },
+    Streaming {
+        reopens: u32,
+    },
     /// Lost or not yet open; the next open attempt (`attempt`) is in `delay`.
-    Reconnecting { reason: String, attempt: u32, delay: Duration },
+    Reconnecting {
+        reason: String,
+        attempt: u32,
+        delay: Duration,
+    },
     /// The source ended (a replay without loop).
     Ended,
     /// The source cannot work with this configuration; the loop has returned.
@@ -58,7 +68,13 @@ pub fn sleep_unless(stop: &AtomicBool, d: Duration) {
 
 /// Runs `src` until `stop` is set, the source ends, or a fatal error. `frame_timeout`: a
 /// stall is no frame within it.
-pub fn run_capture(src: &mut dyn FrameSource, backoff: &Backoff, frame_timeout: Duration, stop: &AtomicBool, mut on: impl FnMut(CaptureEvent)) {
+pub fn run_capture(
+    src: &mut dyn FrameSource,
+    backoff: &Backoff,
+    frame_timeout: Duration,
+    stop: &AtomicBool,
+    mut on: impl FnMut(CaptureEvent),
+) {
     let camera = src.camera().to_string();
     let mut open = false;
     let mut attempt: u32 = 0;

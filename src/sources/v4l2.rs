@@ -129,9 +129,7 @@ pub struct FormatInfo {
 
 /// `/dev/video*` nodes in `dir`, sorted.
 pub fn video_nodes(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     v.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("video")));
     v.sort();
     v
@@ -139,8 +137,14 @@ pub fn video_nodes(dir: &Path) -> Vec<PathBuf> {
 
 /// Queries one node: capabilities, formats, sizes and rates.
 pub fn query(path: &Path) -> CameraInfo {
-    let mut info =
-        CameraInfo { path: path.to_path_buf(), driver: String::new(), card: String::new(), bus: String::new(), formats: vec![], error: None };
+    let mut info = CameraInfo {
+        path: path.to_path_buf(),
+        driver: String::new(),
+        card: String::new(),
+        bus: String::new(),
+        formats: vec![],
+        error: None,
+    };
     let result = (|| -> io::Result<()> {
         let dev = Device::with_path(path)?;
         let caps = dev.query_caps()?;

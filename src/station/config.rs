@@ -157,14 +157,7 @@ pub enum SourceConfig {
         allow_fallback: bool,
     },
     /// The fault-injecting fake camera over a folder of images (tests, demos).
-    Fake {
-        frames: PathBuf,
-        format: Fourcc,
-        width: u32,
-        height: u32,
-        fps: f64,
-        faults: Vec<Fault>,
-    },
+    Fake { frames: PathBuf, format: Fourcc, width: u32, height: u32, fps: f64, faults: Vec<Fault> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,9 +218,14 @@ impl TryFrom<SourceSpec> for SourceConfig {
                 fps: v.fps,
                 allow_fallback: v.allow_fallback,
             }),
-            (None, None, Some(f)) => {
-                Ok(SourceConfig::Fake { frames: f.frames, format: f.format, width: f.width, height: f.height, fps: f.fps, faults: f.faults })
-            }
+            (None, None, Some(f)) => Ok(SourceConfig::Fake {
+                frames: f.frames,
+                format: f.format,
+                width: f.width,
+                height: f.height,
+                fps: f.fps,
+                faults: f.faults,
+            }),
             _ => Err("set exactly one of `replay`, `v4l2`, `fake`".into()),
         }
     }
@@ -236,7 +234,9 @@ impl TryFrom<SourceSpec> for SourceConfig {
 impl From<SourceConfig> for SourceSpec {
     fn from(c: SourceConfig) -> SourceSpec {
         match c {
-            SourceConfig::Replay { path, fps, looping } => SourceSpec { replay: Some(ReplaySpec { path, fps, looping }), ..Default::default() },
+            SourceConfig::Replay { path, fps, looping } => {
+                SourceSpec { replay: Some(ReplaySpec { path, fps, looping }), ..Default::default() }
+            }
             SourceConfig::V4l2 { device, format, width, height, fps, allow_fallback } => {
                 SourceSpec { v4l2: Some(V4l2Spec { device, format, width, height, fps, allow_fallback }), ..Default::default() }
             }
@@ -434,7 +434,8 @@ impl StationConfig {
 mod tests {
     use super::*;
 
-    const BASE: &str = "results: {dir: out/x}\ncameras:\n  - name: cam0\n    bundle: onnx/tiny\n    source: {replay: {path: data, fps: 5}}\n";
+    const BASE: &str =
+        "results: {dir: out/x}\ncameras:\n  - name: cam0\n    bundle: onnx/tiny\n    source: {replay: {path: data, fps: 5}}\n";
 
     fn parse(text: &str) -> Result<StationConfig> {
         let p = Path::new("station.yaml");

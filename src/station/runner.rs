@@ -319,7 +319,11 @@ fn camera_thread(
             CaptureEvent::Reconnecting { reason, attempt, delay } => {
                 m.reconnects.get_or_create(&label).inc();
                 m.errors.get_or_create(&ErrorLabel { camera: name.clone(), kind: "capture".into() }).inc();
-                state.set_camera_status(&name, false, format!("reconnecting in {:.1} s (attempt {attempt}): {reason}", delay.as_secs_f64()));
+                state.set_camera_status(
+                    &name,
+                    false,
+                    format!("reconnecting in {:.1} s (attempt {attempt}): {reason}", delay.as_secs_f64()),
+                );
             }
             CaptureEvent::Ended => state.set_camera_status(&name, false, "ended"),
             CaptureEvent::Fatal(msg) => {
@@ -494,7 +498,13 @@ fn times_per_image(t: &crate::engine::StageTimes, b: usize) -> ImageTimes {
     }
 }
 
-fn output_thread(rx: Receiver<FrameResult>, store: Arc<ImageStore>, sinks: Vec<Arc<dyn Sink>>, state: Arc<StationState>, recorded: Arc<AtomicU64>) {
+fn output_thread(
+    rx: Receiver<FrameResult>,
+    store: Arc<ImageStore>,
+    sinks: Vec<Arc<dyn Sink>>,
+    state: Arc<StationState>,
+    recorded: Arc<AtomicU64>,
+) {
     let m = &state.metrics;
     for mut r in rx {
         let t0 = Instant::now();
@@ -563,12 +573,20 @@ impl Station {
             engine.inspect(Array4::<f32>::zeros((1, 3, r, r)).view(), &noise).with_context(|| format!("camera `{}`: warm-up", c.name))?;
             let secs = t0.elapsed().as_secs_f64();
             tracing::info!(bundle = %c.bundle.display(), seconds = secs, params = ?engine.params, "engine loaded and warmed up");
-            state.metrics.model_load_seconds.get_or_create(&ComponentLabel { component: format!("engine:{}", c.bundle.display()) }).set(secs);
+            state
+                .metrics
+                .model_load_seconds
+                .get_or_create(&ComponentLabel { component: format!("engine:{}", c.bundle.display()) })
+                .set(secs);
             for model in engine.bundle.models() {
                 state
                     .metrics
                     .model_info
-                    .get_or_create(&ModelLabel { model: model.role().to_string(), provider: format!("{:?}", model.provider()), precision: "fp32".into() })
+                    .get_or_create(&ModelLabel {
+                        model: model.role().to_string(),
+                        provider: format!("{:?}", model.provider()),
+                        precision: "fp32".into(),
+                    })
                     .set(1);
             }
             if !hashes.contains_key(&c.bundle) {
