@@ -94,11 +94,10 @@ impl CaptureDevice for V4l2Device {
         stream.set_timeout(timeout.max(Duration::from_millis(1)));
         let (buf, meta) = stream.next()?;
         let n = (meta.bytesused as usize).min(buf.len());
-        Ok(RawFrame {
-            bytes: buf[..n].to_vec(),
-            sequence: Some(meta.sequence as u64),
-            timestamp: wall_time(meta.timestamp.sec as i64, meta.timestamp.usec as i64),
-        })
+        // time_t is i32 on 32-bit ARM.
+        #[allow(clippy::unnecessary_cast)]
+        let (sec, usec) = (meta.timestamp.sec as i64, meta.timestamp.usec as i64);
+        Ok(RawFrame { bytes: buf[..n].to_vec(), sequence: Some(meta.sequence as u64), timestamp: wall_time(sec, usec) })
     }
 
     fn close(&mut self) {

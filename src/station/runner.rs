@@ -58,6 +58,9 @@ impl CamSettings {
     }
 }
 
+/// A frame with the number of its camera's frames dropped just before it.
+type Queued = (Frame, u64);
+
 /// A camera as the scheduler sees it.
 struct Cam {
     name: String,
@@ -65,14 +68,14 @@ struct Cam {
     trigger: bool,
     settings: RwLock<CamSettings>,
     /// A frame with the number of this camera's frames dropped just before it.
-    live: Mutex<Option<(Frame, u64)>>,
-    queue: (Sender<(Frame, u64)>, Receiver<(Frame, u64)>),
+    live: Mutex<Option<Queued>>,
+    queue: (Sender<Queued>, Receiver<Queued>),
     bundle_hash: String,
     done: AtomicBool,
 }
 
 impl Cam {
-    fn take(&self) -> Option<(Frame, u64)> {
+    fn take(&self) -> Option<Queued> {
         match self.policy {
             Policy::Live => self.live.lock().expect("mailbox lock").take(),
             Policy::Lossless => self.queue.1.try_recv().ok(),
@@ -363,8 +366,8 @@ fn worker_thread(
     loop {
         beat.beat();
         // Gather: whatever is waiting now, then more within the batch window.
-        let mut taken: Vec<(Arc<Cam>, (Frame, u64))> = Vec::new();
-        let mut take_round = |taken: &mut Vec<(Arc<Cam>, (Frame, u64))>| {
+        let mut taken: Vec<(Arc<Cam>, Queued)> = Vec::new();
+        let mut take_round = |taken: &mut Vec<(Arc<Cam>, Queued)>| {
             let n = group.cams.len();
             for k in 0..n {
                 if taken.len() >= cfg.max_batch {
