@@ -749,3 +749,37 @@ fn station_replay_of_raw_yuyv_and_mjpeg_recordings() {
         assert_eq!(src.next_frame(Duration::from_secs(1)).unwrap_err(), glad_edge::sources::SourceError::Ended);
     }
 }
+
+#[test]
+fn station_fake_camera_faults_show_in_metrics_records_and_state() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = images_dir(tmp.path(), 4, false);
+    let text = format!(
+        "runtime: {{threads: 1}}\nscheduler: {{backoff_initial_ms: 10, backoff_max_ms: 40, frame_timeout_ms: 300}}\nresults: {{dir: {}, min_free_bytes: 0}}\ncameras:\n  - name: cam-faulty\n    bundle: {}\n    glad: {{steps: 2, tau: 0}}\n    policy: lossless\n    source:\n      fake:\n        frames: {}\n        format: mjpeg\n        width: 64\n        height: 64\n        fps: 30\n        faults: [{{kind: corrupt, at: 2}}, {{kind: eio, at: 4}}, {{kind: unplug, at: 6, reopen_failures: 1}}, {{kind: stall, at: 8, ms: 2000}}]\n",
+        tmp.path().join("r").display(),
+        root().join("onnx/tiny").display(),
+        frames.display()
+    );
+    let sink = Arc::new(Collect::default());
+    let station = Station::start(config(&text), StartOptions { stdout: false, extra_sinks: vec![sink.clone()] }).unwrap();
+    let t0 = Instant::now();
+    while sink.0.lock().unwrap().iter().filter(|r| r.record.ok).count() < 10 && t0.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = station.state();
+    station.shutdown(Duration::from_secs(5)).unwrap();
+    let m = state.metrics.render();
+    // EIO: 1 reopen; unplug: 1 + 1 failed reopen; stall: 1.
+    assert_eq!(metric(&m, "glad_reconnects_total{camera=\"cam-faulty\"}"), 4.0, "{m}");
+    assert_eq!(metric(&m, "glad_errors_total{camera=\"cam-faulty\",kind=\"corrupt_frame\"}"), 1.0, "{m}");
+    let recs = sink.0.lock().unwrap();
+    let bad: Vec<_> = recs.iter().filter(|r| !r.record.ok).collect();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].record.seq, 2);
+    assert!(bad[0].record.error.as_deref().unwrap().starts_with("corrupt_frame: truncated JPEG"), "{:?}", bad[0].record.error);
+    assert!(bad[0].record.verdict.is_none() && bad[0].record.score.is_none());
+    assert!(recs.iter().filter(|r| r.record.ok).count() >= 10, "the stream went on");
+    assert_eq!(log_lines("cam-faulty", "camera lost, reconnecting"), 3, "one per loss: EIO, unplug, stall");
+    assert_eq!(log_lines("cam-faulty", "camera streaming again"), 3);
+}

@@ -399,6 +399,9 @@ fn worker_thread(
             let _ = group.wake.1.recv_timeout(deadline - now);
             take_round(&mut taken);
         }
+        for cam in group.cams.iter().filter(|c| c.policy == Policy::Lossless) {
+            m.queue_depth.get_or_create(&QueueLabel { queue: cam.name.clone() }).set(cam.queue.1.len() as i64);
+        }
         // Decode, crop, preprocess; stale frames and decode failures get error records.
         let mut batch: Vec<Prepared> = Vec::new();
         for (cam, (frame, dropped)) in taken {
