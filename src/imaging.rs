@@ -173,6 +173,22 @@ pub fn load_luma(path: &Path) -> Result<image::GrayImage> {
     Ok(decode(&read_image_file(path, &limits)?, path, &limits)?.to_luma8())
 }
 
+/// Decodes an encoded image held in memory (a camera's MJPEG frame, a replayed file) the
+/// same way as `load_rgb`, without EXIF orientation (camera frames carry none).
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot read image bytes")?
+        .decode()
+        .map_err(|e| anyhow::anyhow!("cannot decode image: {e}"))?;
+    Ok(to_rgb(img))
+}
+
+/// The `(width, height)` in an encoded image's header, without decoding the pixels.
+pub fn encoded_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?.into_dimensions().ok()
+}
+
 pub fn to_rgb(img: DynamicImage) -> RgbImage {
     match img {
         DynamicImage::ImageRgb8(i) => i,

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use glad_edge::cli::{
-    self, bank::BankArgs, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, tune::TuneArgs, CommonArgs, ParamArgs, Settings,
+    self, bank::BankArgs, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, run::RunArgs, tune::TuneArgs, CommonArgs,
+    ParamArgs, Settings,
 };
 
 /// GLAD diffusion-based anomaly detection on ONNX Runtime.
@@ -33,6 +34,14 @@ enum Command {
     /// Choose T, K, tau, min_step, v and the map reference on validation normals plus
     /// synthetic anomalies (never test images); prints the table it chose from.
     Tune(Box<TuneArgs>),
+    /// Run a station: cameras, engines and results until SIGINT or SIGTERM.
+    Run(Box<RunArgs>),
+    /// List the V4L2 cameras with their formats, frame sizes and rates.
+    Cameras {
+        /// Folder holding the video* device nodes.
+        #[arg(long, default_value = "/dev", value_name = "DIR")]
+        dev: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +54,8 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => cli::calibrate::run(*args),
         Command::Bank(args) => cli::bank::run(*args),
         Command::Tune(args) => cli::tune::run(*args),
+        Command::Run(args) => cli::run::run(*args),
+        Command::Cameras { dev } => cli::cameras::run(&dev),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

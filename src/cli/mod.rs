@@ -2,9 +2,11 @@
 
 pub mod bank;
 pub mod calibrate;
+pub mod cameras;
 pub mod eval;
 pub mod info;
 pub mod inspect;
+pub mod run;
 pub mod tune;
 
 use std::path::PathBuf;

@@ -3,12 +3,14 @@
 //! it keeps its counters as atomics that `/metrics` reads.
 
 pub mod check;
+pub mod jsonl;
 pub mod modbus;
 pub mod modbus_config;
 pub mod mqtt;
 pub mod mqtt_config;
 pub mod outbox;
 pub mod record;
+pub mod store;
 pub mod webhook;
 pub mod webhook_config;
 
@@ -18,11 +20,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+pub use jsonl::JsonlSink;
 pub use modbus::ModbusSink;
 pub use modbus_config::ModbusConfig;
 pub use mqtt::MqttSink;
 pub use mqtt_config::MqttConfig;
 pub use record::{FrameRecord, FrameResult, Stored, Verdict};
+pub use store::{ImageStore, StoreConfig};
 pub use webhook::WebhookSink;
 pub use webhook_config::WebhookConfig;
 

@@ -1,0 +1,799 @@
+//! The running station: one capture thread per camera, a frame policy per camera (a live
+//! one-slot mailbox or a lossless bounded queue), one batcher + engine thread per group of
+//! cameras sharing an engine, and one output thread (image store, state, metrics, sinks).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use image::RgbImage;
+use ndarray::{Array3, Array4, Axis};
+
+use super::config::{ms, CameraConfig, Policy, Roi, SourceConfig, StationConfig};
+use super::metrics::{ComponentLabel, ErrorLabel, FrameLabel, ModelLabel, QueueLabel, StageLabel};
+use super::{Metrics, StationState};
+use crate::config::Calibration;
+use crate::engine::{Engine, NoiseSource};
+use crate::imaging;
+use crate::pipeline::ImageTimes;
+use crate::sinks::{FrameRecord, FrameResult, Health, ImageStore, JsonlSink, Sink, StoreConfig, Stored, Verdict};
+use crate::sources::fake::FakeDevice;
+use crate::sources::replay::ReplaySource;
+use crate::sources::v4l2::V4l2Device;
+use crate::sources::{run_capture, CameraSource, CaptureEvent, Frame, FrameSource, Mode};
+
+pub const GLAD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What `reload` may change without a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CamSettings {
+    pub threshold: Option<f32>,
+    pub calibration: Option<Calibration>,
+    pub roi: Option<Roi>,
+    pub max_fps: Option<f64>,
+    pub every_nth: Option<u64>,
+    pub max_age_ms: f64,
+}
+
+impl CamSettings {
+    fn from_config(c: &CameraConfig) -> Result<CamSettings> {
+        Ok(CamSettings {
+            threshold: c.threshold,
+            calibration: c.load_calibration()?,
+            roi: c.roi,
+            max_fps: c.max_fps,
+            every_nth: c.every_nth,
+            max_age_ms: c.max_age_ms,
+        })
+    }
+
+    /// The threshold in force: the calibration's, else `threshold`.
+    pub fn threshold(&self) -> Option<f32> {
+        self.calibration.as_ref().map(|c| c.threshold).or(self.threshold)
+    }
+}
+
+/// A frame with the number of its camera's frames dropped just before it.
+type Queued = (Frame, u64);
+
+/// A camera as the scheduler sees it.
+struct Cam {
+    name: String,
+    policy: Policy,
+    trigger: bool,
+    settings: RwLock<CamSettings>,
+    /// A frame with the number of this camera's frames dropped just before it.
+    live: Mutex<Option<Queued>>,
+    queue: (Sender<Queued>, Receiver<Queued>),
+    bundle_hash: String,
+    done: AtomicBool,
+}
+
+impl Cam {
+    fn take(&self) -> Option<Queued> {
+        match self.policy {
+            Policy::Live => self.live.lock().expect("mailbox lock").take(),
+            Policy::Lossless => self.queue.1.try_recv().ok(),
+        }
+    }
+
+    fn pending(&self) -> bool {
+        match self.policy {
+            Policy::Live => self.live.lock().expect("mailbox lock").is_some(),
+            Policy::Lossless => !self.queue.1.is_empty(),
+        }
+    }
+}
+
+/// Cameras sharing one engine.
+struct Group {
+    cams: Vec<Arc<Cam>>,
+    wake: (Sender<()>, Receiver<()>),
+}
+
+impl Group {
+    fn wake(&self) {
+        let _ = self.wake.0.try_send(());
+    }
+}
+
+/// A frame on its way to the sinks.
+type Out = Sender<FrameResult>;
+
+pub struct Station {
+    state: Arc<StationState>,
+    stop: Arc<AtomicBool>,
+    cameras: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    output: Option<JoinHandle<()>>,
+    sinks: Vec<Arc<dyn Sink>>,
+    cams: BTreeMap<String, Arc<Cam>>,
+    config: Mutex<StationConfig>,
+    active_cameras: Arc<AtomicUsize>,
+    engines: usize,
+    pub captured: Arc<AtomicU64>,
+    pub recorded: Arc<AtomicU64>,
+}
+
+/// Options of `Station::start` beyond the config.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Print every record on stdout as well.
+    pub stdout: bool,
+    /// More sinks (MQTT, webhook, ...), after the JSONL log.
+    pub extra_sinks: Vec<Arc<dyn Sink>>,
+}
+
+/// SHA-256 prefix over the bundle's files (manifest, models, weights, embeddings), in name order.
+pub fn bundle_hash(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list bundle", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        h.update(std::fs::read(&f).with_context(|| format!("{}: cannot read", f.display()))?);
+    }
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+fn ms_since_epoch(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+}
+
+fn error_record(cam: &Cam, seq: u64, t_capture: SystemTime, dropped: u64, kind: &str, message: &str) -> FrameResult {
+    let settings = cam.settings.read().expect("settings lock");
+    let rec = FrameRecord {
+        camera: cam.name.clone(),
+        seq,
+        t_capture_ms: ms_since_epoch(t_capture),
+        latency_ms: SystemTime::now().duration_since(t_capture).unwrap_or_default().as_secs_f64() * 1e3,
+        dropped,
+        ok: false,
+        error: Some(format!("{kind}: {message}")),
+        score: None,
+        threshold: settings.threshold(),
+        verdict: None,
+        normalized_score: None,
+        adp_step: None,
+        adp_score: None,
+        adp_stop: None,
+        times_ms: None,
+        stored: Stored::default(),
+        bundle_hash: cam.bundle_hash.clone(),
+        glad_version: GLAD_VERSION.to_string(),
+    };
+    FrameResult { record: Arc::new(rec), input: None, heatmap: None }
+}
+
+/// Crops `roi` out of `img` (before the resize to the bundle resolution).
+pub fn crop_roi(img: RgbImage, roi: Option<Roi>) -> Result<RgbImage> {
+    let Some(r) = roi else { return Ok(img) };
+    let (w, h) = img.dimensions();
+    if r.x as u64 + r.width as u64 > w as u64 || r.y as u64 + r.height as u64 > h as u64 {
+        bail!("ROI {}x{}+{}+{} is outside the {w}x{h} frame", r.width, r.height, r.x, r.y);
+    }
+    Ok(image::imageops::crop_imm(&img, r.x, r.y, r.width, r.height).to_image())
+}
+
+fn make_source(c: &CameraConfig) -> Result<Box<dyn FrameSource>> {
+    Ok(match &c.source {
+        SourceConfig::Replay { path, fps, looping } => Box::new(ReplaySource::open_path(&c.name, path, *fps, *looping)?),
+        SourceConfig::V4l2 { device, format, width, height, fps, allow_fallback } => Box::new(CameraSource::new(
+            &c.name,
+            V4l2Device::new(device),
+            Mode { fourcc: *format, width: *width, height: *height },
+            *fps,
+            *allow_fallback,
+        )),
+        SourceConfig::Fake { frames, format, width, height, fps, faults } => {
+            let images = crate::sources::sorted_images(frames)?.iter().map(|p| imaging::load_rgb(p)).collect::<Result<Vec<_>>>()?;
+            if images.is_empty() {
+                bail!("camera `{}`: no images in {}", c.name, frames.display());
+            }
+            Box::new(CameraSource::new(
+                &c.name,
+                FakeDevice::new(&c.name, images, *fps, faults.clone()),
+                Mode { fourcc: *format, width: *width, height: *height },
+                *fps,
+                false,
+            ))
+        }
+    })
+}
+
+fn load_engine(cfg: &StationConfig, c: &CameraConfig) -> Result<Engine> {
+    let bundle = crate::bundle::Bundle::load(&c.bundle, &cfg.runtime)?;
+    let mut o = bundle.manifest.defaults.clone();
+    if let Some(p) = &c.preset {
+        o = o.merged(&crate::config::preset(p)?);
+    }
+    o = o.merged(&c.glad);
+    let params = o.resolve(bundle.manifest.models.backbone.resolution)?;
+    Engine::new(bundle, params)
+}
+
+/// The rate limit and trigger gate of a camera thread.
+struct Gate {
+    last_pass: Option<Instant>,
+}
+
+impl Gate {
+    /// True when the frame should be inspected; `Some(false)`-like drops are counted by the caller.
+    fn admit(&mut self, s: &CamSettings, seq: u64) -> bool {
+        if let Some(n) = s.every_nth {
+            return seq % n == 0;
+        }
+        if let Some(fps) = s.max_fps {
+            let now = Instant::now();
+            let period = Duration::from_secs_f64(1.0 / fps);
+            // 5 % slack so a source at exactly max_fps is not halved by jitter.
+            if self.last_pass.is_some_and(|t| now.duration_since(t) < period.mul_f64(0.95)) {
+                return false;
+            }
+            self.last_pass = Some(now);
+        }
+        true
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn camera_thread(
+    mut src: Box<dyn FrameSource>,
+    cam: Arc<Cam>,
+    group: Arc<Group>,
+    state: Arc<StationState>,
+    out: Out,
+    stop: Arc<AtomicBool>,
+    cfg: super::config::SchedulerConfig,
+    captured: Arc<AtomicU64>,
+) {
+    let m: &Metrics = &state.metrics;
+    let label = Metrics::camera(&cam.name);
+    let beat = state.heartbeats.register(&format!("camera:{}", cam.name));
+    let mut gate = Gate { last_pass: None };
+    let mut dropped: u64 = 0;
+    let name = cam.name.clone();
+    let backoff = cfg.backoff();
+    run_capture(src.as_mut(), &backoff, ms(cfg.frame_timeout_ms), &stop, |ev| {
+        beat.beat();
+        match ev {
+            CaptureEvent::Frame(f) => {
+                captured.fetch_add(1, Ordering::Relaxed);
+                if cam.trigger && !state.triggers.take(&name) {
+                    return;
+                }
+                let admit = gate.admit(&cam.settings.read().expect("settings lock"), f.seq);
+                if !admit {
+                    dropped += 1;
+                    m.dropped.get_or_create(&label).inc();
+                    return;
+                }
+                let before = std::mem::take(&mut dropped);
+                match cam.policy {
+                    Policy::Live => {
+                        let mut slot = cam.live.lock().expect("mailbox lock");
+                        // The frame it replaces is dropped, and so are the ones dropped before it.
+                        let carried = slot.take().map_or(0, |(_, d)| d + 1);
+                        *slot = Some((f, before + carried));
+                        drop(slot);
+                        if carried > 0 {
+                            m.dropped.get_or_create(&label).inc();
+                        }
+                        group.wake();
+                    }
+                    Policy::Lossless => {
+                        let mut f = (f, before);
+                        // Back-pressure: wait for room; the worker drains until we are done.
+                        loop {
+                            match cam.queue.0.send_timeout(f, Duration::from_millis(100)) {
+                                Ok(()) => break,
+                                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                                    f = back;
+                                    group.wake();
+                                    beat.beat();
+                                }
+                                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
+                            }
+                        }
+                        m.queue_depth.get_or_create(&QueueLabel { queue: name.clone() }).set(cam.queue.1.len() as i64);
+                        group.wake();
+                    }
+                }
+            }
+            CaptureEvent::BadFrame { kind, seq, message } => {
+                captured.fetch_add(1, Ordering::Relaxed);
+                m.errors.get_or_create(&ErrorLabel { camera: name.clone(), kind: kind.to_string() }).inc();
+                let _ = out.send(error_record(&cam, seq, SystemTime::now(), 0, kind, &message));
+            }
+            CaptureEvent::Streaming { .. } => {
+                state.set_camera_status(&name, true, "streaming");
+                state.set_degraded(&format!("camera:{name}"), None);
+            }
+            CaptureEvent::Reconnecting { reason, attempt, delay } => {
+                m.reconnects.get_or_create(&label).inc();
+                m.errors.get_or_create(&ErrorLabel { camera: name.clone(), kind: "capture".into() }).inc();
+                state.set_camera_status(
+                    &name,
+                    false,
+                    format!("reconnecting in {:.1} s (attempt {attempt}): {reason}", delay.as_secs_f64()),
+                );
+            }
+            CaptureEvent::Ended => state.set_camera_status(&name, false, "ended"),
+            CaptureEvent::Fatal(msg) => {
+                state.set_camera_status(&name, false, format!("stopped: {msg}"));
+                state.set_degraded(&format!("camera:{name}"), Some(msg));
+            }
+        }
+    });
+    state.heartbeats.unregister(&format!("camera:{}", cam.name));
+    cam.done.store(true, Ordering::Release);
+    group.wake();
+}
+
+struct Prepared {
+    cam: Arc<Cam>,
+    frame: Frame,
+    dropped: u64,
+    crop: RgbImage,
+    tensor: Array3<f32>,
+    decode: Duration,
+}
+
+fn worker_thread(
+    mut engine: Engine,
+    noise: NoiseSource,
+    group: Arc<Group>,
+    state: Arc<StationState>,
+    out: Out,
+    cfg: super::config::SchedulerConfig,
+    component: String,
+) {
+    let m = &state.metrics;
+    let beat = state.heartbeats.register(&component);
+    let r = engine.resolution();
+    let window = ms(cfg.batch_window_ms);
+    let mut rr = 0usize;
+    loop {
+        beat.beat();
+        // Gather: whatever is waiting now, then more within the batch window.
+        let mut taken: Vec<(Arc<Cam>, Queued)> = Vec::new();
+        let mut take_round = |taken: &mut Vec<(Arc<Cam>, Queued)>| {
+            let n = group.cams.len();
+            for k in 0..n {
+                if taken.len() >= cfg.max_batch {
+                    break;
+                }
+                let cam = &group.cams[(rr + k) % n];
+                if let Some(f) = cam.take() {
+                    taken.push((cam.clone(), f));
+                }
+            }
+            rr = rr.wrapping_add(1);
+        };
+        take_round(&mut taken);
+        if taken.is_empty() {
+            if group.cams.iter().all(|c| c.done.load(Ordering::Acquire) && !c.pending()) {
+                break;
+            }
+            match group.wake.1.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let deadline = Instant::now() + window;
+        while taken.len() < cfg.max_batch && !window.is_zero() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let _ = group.wake.1.recv_timeout(deadline - now);
+            take_round(&mut taken);
+        }
+        for cam in group.cams.iter().filter(|c| c.policy == Policy::Lossless) {
+            m.queue_depth.get_or_create(&QueueLabel { queue: cam.name.clone() }).set(cam.queue.1.len() as i64);
+        }
+        // Decode, crop, preprocess; stale frames and decode failures get error records.
+        let mut batch: Vec<Prepared> = Vec::new();
+        for (cam, (frame, dropped)) in taken {
+            let settings = cam.settings.read().expect("settings lock").clone();
+            if cam.policy == Policy::Live {
+                let age = frame.age();
+                if age.as_secs_f64() * 1e3 > settings.max_age_ms {
+                    m.errors.get_or_create(&ErrorLabel { camera: cam.name.clone(), kind: "stale".into() }).inc();
+                    let msg = format!("frame is {:.0} ms old, max_age_ms is {}", age.as_secs_f64() * 1e3, settings.max_age_ms);
+                    let _ = out.send(error_record(&cam, frame.seq, frame.t_capture, dropped, "stale", &msg));
+                    continue;
+                }
+            }
+            let t0 = Instant::now();
+            match crate::sources::decode::decode_frame(&frame).and_then(|img| crop_roi(img, settings.roi)) {
+                Ok(crop) => {
+                    let tensor = imaging::preprocess(&crop, r);
+                    let decode = t0.elapsed();
+                    m.stage_seconds.get_or_create(&StageLabel { stage: "decode".into() }).observe(decode.as_secs_f64());
+                    batch.push(Prepared { cam, frame, dropped, crop, tensor, decode });
+                }
+                Err(e) => {
+                    m.errors.get_or_create(&ErrorLabel { camera: cam.name.clone(), kind: "decode".into() }).inc();
+                    let _ = out.send(error_record(&cam, frame.seq, frame.t_capture, dropped, "decode", &format!("{e:#}")));
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let b = batch.len();
+        let mut x = Array4::<f32>::zeros((b, 3, r, r));
+        for (i, p) in batch.iter().enumerate() {
+            x.index_axis_mut(Axis(0), i).assign(&p.tensor);
+        }
+        let t0 = Instant::now();
+        let result = noise.draw(&vec![0; b], engine.latent_shape()).and_then(|n| engine.inspect(x.view(), &n));
+        m.stage_seconds.get_or_create(&StageLabel { stage: "engine".into() }).observe(t0.elapsed().as_secs_f64());
+        beat.beat();
+        match result {
+            Ok((inspections, times)) => {
+                for (p, insp) in batch.into_iter().zip(inspections) {
+                    let settings = p.cam.settings.read().expect("settings lock").clone();
+                    let threshold = settings.threshold();
+                    let mut t = times_per_image(&times, b);
+                    t.load_ms = p.decode.as_secs_f64() * 1e3;
+                    let finite = insp.score.is_finite();
+                    let (lo, hi) = imaging::heat_range(&insp.map, threshold);
+                    let heat = imaging::heatmap_overlay(&p.crop, insp.map.view(), lo, hi);
+                    let now = SystemTime::now();
+                    let rec = FrameRecord {
+                        camera: p.cam.name.clone(),
+                        seq: p.frame.seq,
+                        t_capture_ms: ms_since_epoch(p.frame.t_capture),
+                        latency_ms: now.duration_since(p.frame.t_capture).unwrap_or_default().as_secs_f64() * 1e3,
+                        dropped: p.dropped,
+                        ok: finite,
+                        error: (!finite).then(|| format!("engine: the anomaly score is {}", insp.score)),
+                        score: finite.then_some(insp.score),
+                        threshold,
+                        verdict: threshold.filter(|_| finite).map(|t| if insp.score > t { Verdict::Anomalous } else { Verdict::Normal }),
+                        normalized_score: threshold.filter(|_| finite).map(|t| insp.score / t),
+                        adp_step: insp.adp.and_then(|a| usize::try_from(a.step).ok()),
+                        adp_score: insp.adp.map(|a| a.score),
+                        adp_stop: insp.adp.map(|a| if a.on_threshold { "threshold" } else { "min_step" }.to_string()),
+                        times_ms: Some(t),
+                        stored: Stored::default(),
+                        bundle_hash: p.cam.bundle_hash.clone(),
+                        glad_version: GLAD_VERSION.to_string(),
+                    };
+                    let _ = out.send(FrameResult { record: Arc::new(rec), input: Some(Arc::new(p.crop)), heatmap: Some(Arc::new(heat)) });
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(component = %component, error = %msg, "inspection failed");
+                for p in batch {
+                    m.errors.get_or_create(&ErrorLabel { camera: p.cam.name.clone(), kind: "engine".into() }).inc();
+                    let _ = out.send(error_record(&p.cam, p.frame.seq, p.frame.t_capture, p.dropped, "engine", &msg));
+                }
+            }
+        }
+    }
+    state.heartbeats.unregister(&component);
+}
+
+fn times_per_image(t: &crate::engine::StageTimes, b: usize) -> ImageTimes {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3 / b as f64;
+    ImageTimes {
+        load_ms: 0.0,
+        encode_ms: ms(t.models.encode),
+        unet_ms: ms(t.models.unet),
+        decode_ms: ms(t.models.decode),
+        adp_backbone_ms: ms(t.models.adp_backbone),
+        backbone_ms: ms(t.models.backbone),
+        reconstruct_ms: ms(t.reconstruct),
+        anomaly_map_ms: ms(t.anomaly_map),
+        engine_ms: ms(t.reconstruct + t.anomaly_map),
+        onnxruntime_ms: ms(t.models.total()),
+    }
+}
+
+fn output_thread(
+    rx: Receiver<FrameResult>,
+    store: Arc<ImageStore>,
+    sinks: Vec<Arc<dyn Sink>>,
+    state: Arc<StationState>,
+    recorded: Arc<AtomicU64>,
+) {
+    let m = &state.metrics;
+    for mut r in rx {
+        let t0 = Instant::now();
+        let stored = store.keep(&r);
+        if stored != Stored::default() {
+            let mut rec = (*r.record).clone();
+            rec.stored = stored;
+            r.record = Arc::new(rec);
+        }
+        let rec = &r.record;
+        let verdict = match (rec.ok, rec.verdict) {
+            (false, _) => "error",
+            (true, Some(Verdict::Anomalous)) => "anomalous",
+            (true, Some(Verdict::Normal)) => "normal",
+            (true, None) => "none",
+        };
+        m.frames.get_or_create(&FrameLabel { camera: rec.camera.clone(), verdict: verdict.into() }).inc();
+        m.stage_seconds.get_or_create(&StageLabel { stage: "capture_to_verdict".into() }).observe(rec.latency_ms / 1e3);
+        state.publish(&r);
+        for s in &sinks {
+            s.submit(&r);
+        }
+        recorded.fetch_add(1, Ordering::Relaxed);
+        m.store_bytes.set(store.bytes() as i64);
+        for s in std::iter::once(&(store.clone() as Arc<dyn Sink>)).chain(sinks.iter()) {
+            match s.health() {
+                Health::Ok => state.set_degraded(s.name(), None),
+                Health::Degraded(why) => state.set_degraded(s.name(), Some(why)),
+            }
+        }
+        m.stage_seconds.get_or_create(&StageLabel { stage: "sinks".into() }).observe(t0.elapsed().as_secs_f64());
+    }
+}
+
+impl Station {
+    /// Loads and warms up every engine, starts the cameras; returns once frames flow.
+    pub fn start(config: StationConfig, opts: StartOptions) -> Result<Station> {
+        config.validate(Path::new("<station config>"))?;
+        let cam_list: Vec<(String, bool)> = config.cameras.iter().map(|c| (c.name.clone(), c.trigger)).collect();
+        let state = Arc::new(StationState::new(&cam_list, config.scheduler.recent));
+        let results = &config.results;
+        let store = Arc::new(ImageStore::new(StoreConfig {
+            dir: results.dir.clone(),
+            store_ng: results.store_ng,
+            keep_ok_every: results.keep_ok_every,
+            quota_bytes: results.quota_bytes,
+            min_free_bytes: results.min_free_bytes,
+        })?);
+        let jsonl: Arc<dyn Sink> = Arc::new(JsonlSink::new(&results.dir, results.jsonl_max_bytes, results.jsonl_keep, opts.stdout)?);
+        let mut sinks = vec![jsonl];
+        sinks.extend(opts.extra_sinks);
+        // Engines: one per (bundle, preset, glad) group.
+        let mut groups: BTreeMap<String, (Engine, Vec<usize>)> = BTreeMap::new();
+        let mut hashes: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for (i, c) in config.cameras.iter().enumerate() {
+            let key = c.engine_key();
+            if let Some(g) = groups.get_mut(&key) {
+                g.1.push(i);
+                continue;
+            }
+            let t0 = Instant::now();
+            let mut engine = load_engine(&config, c).with_context(|| format!("camera `{}`", c.name))?;
+            // Warm up: the first run allocates and optimises.
+            let r = engine.resolution();
+            let noise = NoiseSource::Seeded(0).draw(&[0], engine.latent_shape())?;
+            engine.inspect(Array4::<f32>::zeros((1, 3, r, r)).view(), &noise).with_context(|| format!("camera `{}`: warm-up", c.name))?;
+            let secs = t0.elapsed().as_secs_f64();
+            tracing::info!(bundle = %c.bundle.display(), seconds = secs, params = ?engine.params, "engine loaded and warmed up");
+            state
+                .metrics
+                .model_load_seconds
+                .get_or_create(&ComponentLabel { component: format!("engine:{}", c.bundle.display()) })
+                .set(secs);
+            for model in engine.bundle.models() {
+                state
+                    .metrics
+                    .model_info
+                    .get_or_create(&ModelLabel {
+                        model: model.role().to_string(),
+                        provider: format!("{:?}", model.provider()),
+                        precision: "fp32".into(),
+                    })
+                    .set(1);
+            }
+            if !hashes.contains_key(&c.bundle) {
+                hashes.insert(c.bundle.clone(), bundle_hash(&c.bundle)?);
+            }
+            groups.insert(key, (engine, vec![i]));
+        }
+        // Sources are opened before any thread starts, so a bad replay folder fails start.
+        let mut sources = Vec::new();
+        for c in &config.cameras {
+            sources.push(make_source(c).with_context(|| format!("camera `{}`", c.name))?);
+        }
+        let (out_tx, out_rx) = bounded::<FrameResult>(1024);
+        let stop = Arc::new(AtomicBool::new(false));
+        let captured = Arc::new(AtomicU64::new(0));
+        let recorded = Arc::new(AtomicU64::new(0));
+        let mut cams = BTreeMap::new();
+        let mut cameras = Vec::new();
+        let mut workers = Vec::new();
+        let active = Arc::new(AtomicUsize::new(config.cameras.len()));
+        let mut sources: Vec<Option<Box<dyn FrameSource>>> = sources.into_iter().map(Some).collect();
+        let engines = groups.len();
+        for (gi, (_key, (engine, idxs))) in groups.into_iter().enumerate() {
+            let mut gcams = Vec::new();
+            for &i in &idxs {
+                let c = &config.cameras[i];
+                let cam = Arc::new(Cam {
+                    name: c.name.clone(),
+                    policy: c.policy,
+                    trigger: c.trigger,
+                    settings: RwLock::new(CamSettings::from_config(c)?),
+                    live: Mutex::new(None),
+                    queue: bounded(c.queue),
+                    bundle_hash: hashes[&c.bundle].clone(),
+                    done: AtomicBool::new(false),
+                });
+                cams.insert(c.name.clone(), cam.clone());
+                gcams.push(cam);
+            }
+            let group = Arc::new(Group { cams: gcams, wake: bounded(1) });
+            let noise = match &config.noise.dir {
+                Some(d) => NoiseSource::from_dir(d)?,
+                None => NoiseSource::Seeded(config.noise.seed),
+            };
+            let component = format!("engine:{gi}");
+            {
+                let (g, st, out, cfg) = (group.clone(), state.clone(), out_tx.clone(), config.scheduler.clone());
+                workers.push(
+                    std::thread::Builder::new()
+                        .name(format!("engine-{gi}"))
+                        .spawn(move || worker_thread(engine, noise, g, st, out, cfg, component))?,
+                );
+            }
+            for (k, &i) in idxs.iter().enumerate() {
+                let src = sources[i].take().expect("one source per camera");
+                let (cam, g, st, out, stop, cfg, cap, act) = (
+                    group.cams[k].clone(),
+                    group.clone(),
+                    state.clone(),
+                    out_tx.clone(),
+                    stop.clone(),
+                    config.scheduler.clone(),
+                    captured.clone(),
+                    active.clone(),
+                );
+                cameras.push(std::thread::Builder::new().name(format!("cam-{}", config.cameras[i].name)).spawn(move || {
+                    camera_thread(src, cam, g, st, out, stop, cfg, cap);
+                    act.fetch_sub(1, Ordering::AcqRel);
+                })?);
+            }
+        }
+        drop(out_tx);
+        let output = {
+            let (st, rec, sinks) = (state.clone(), recorded.clone(), sinks.clone());
+            std::thread::Builder::new().name("station-output".into()).spawn(move || output_thread(out_rx, store, sinks, st, rec))?
+        };
+        state.ready.store(true, Ordering::Release);
+        tracing::info!(cameras = config.cameras.len(), "station running");
+        Ok(Station {
+            state,
+            stop,
+            cameras,
+            workers,
+            output: Some(output),
+            sinks,
+            cams,
+            config: Mutex::new(config),
+            active_cameras: active,
+            engines,
+            captured,
+            recorded,
+        })
+    }
+
+    pub fn state(&self) -> Arc<StationState> {
+        self.state.clone()
+    }
+
+    /// Engines loaded (cameras with the same bundle, preset and `glad` share one).
+    pub fn engines(&self) -> usize {
+        self.engines
+    }
+
+    /// True once every camera's source has ended or stopped (a replay without loop).
+    pub fn sources_finished(&self) -> bool {
+        self.active_cameras.load(Ordering::Acquire) == 0
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> StationConfig {
+        self.config.lock().expect("config lock").clone()
+    }
+
+    /// Applies a new config: thresholds, calibrations, ROIs, rate limits and max ages change
+    /// in place (models stay loaded). Anything else (cameras, sources, bundles, results)
+    /// needs a restart and makes the reload fail; a failed reload keeps the old config.
+    /// Returns what changed.
+    pub fn reload(&self, new: StationConfig) -> Result<Vec<String>> {
+        new.validate(Path::new("<reloaded station config>"))?;
+        let mut cur = self.config.lock().expect("config lock");
+        let mut changes = Vec::new();
+        let mut fresh: Vec<(Arc<Cam>, CamSettings)> = Vec::new();
+        let names = |c: &StationConfig| c.cameras.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        if names(&cur) != names(&new) {
+            bail!("reload: the camera list changed ({:?} → {:?}); restart the station for that", names(&cur), names(&new));
+        }
+        if cur.results != new.results || cur.runtime != new.runtime || cur.noise != new.noise || cur.scheduler != new.scheduler {
+            bail!("reload: `results`, `runtime`, `noise` and `scheduler` need a restart");
+        }
+        for (old, c) in cur.cameras.iter().zip(&new.cameras) {
+            for (what, differs) in [
+                ("source", old.source != c.source),
+                ("bundle", old.bundle != c.bundle),
+                ("preset", old.preset != c.preset),
+                ("glad", old.glad != c.glad),
+                ("policy", old.policy != c.policy),
+                ("queue", old.queue != c.queue),
+                ("trigger", old.trigger != c.trigger),
+            ] {
+                if differs {
+                    bail!("reload: camera `{}`: `{what}` changed; restart the station for that", c.name);
+                }
+            }
+            let cam = self.cams.get(&c.name).expect("same camera list");
+            let s = CamSettings::from_config(c)?;
+            let before = cam.settings.read().expect("settings lock").clone();
+            for (what, differs) in [
+                ("threshold", before.threshold != s.threshold),
+                ("calibration", before.calibration != s.calibration),
+                ("roi", before.roi != s.roi),
+                ("max_fps", before.max_fps != s.max_fps),
+                ("every_nth", before.every_nth != s.every_nth),
+                ("max_age_ms", before.max_age_ms != s.max_age_ms),
+            ] {
+                if differs {
+                    changes.push(format!("cameras.{}.{what}", c.name));
+                }
+            }
+            fresh.push((cam.clone(), s));
+        }
+        for (cam, s) in fresh {
+            *cam.settings.write().expect("settings lock") = s;
+        }
+        *cur = new;
+        tracing::info!(?changes, "config reloaded");
+        Ok(changes)
+    }
+
+    /// Stops the sources, inspects the frames already taken, flushes every sink. Waits at
+    /// most `timeout` for the sinks' flush.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        self.stop.store(true, Ordering::Release);
+        for h in self.cameras.drain(..) {
+            let _ = h.join();
+        }
+        for h in self.workers.drain(..) {
+            if h.join().is_err() {
+                bail!("an engine thread panicked");
+            }
+        }
+        if let Some(h) = self.output.take() {
+            let _ = h.join();
+        }
+        let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(100));
+        let mut failures = Vec::new();
+        for s in &self.sinks {
+            if let Err(e) = s.flush(left) {
+                failures.push(format!("{}: {e:#}", s.name()));
+            }
+        }
+        self.state.ready.store(false, Ordering::Release);
+        tracing::info!(
+            captured = self.captured.load(Ordering::Relaxed),
+            recorded = self.recorded.load(Ordering::Relaxed),
+            seconds = t0.elapsed().as_secs_f64(),
+            "station stopped"
+        );
+        if !failures.is_empty() {
+            bail!("flushing sinks: {}", failures.join("; "));
+        }
+        Ok(())
+    }
+}
