@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use glad_edge::cli::{
-    self, bank::BankArgs, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, run::RunArgs, tune::TuneArgs, CommonArgs,
-    ParamArgs, Settings,
+    self, bank::BankArgs, calibrate::CalibrateArgs, eval::EvalArgs, inspect::InspectArgs, run::RunArgs, serve::ServeArgs, tune::TuneArgs,
+    CommonArgs, ParamArgs, Settings,
 };
 
 /// GLAD diffusion-based anomaly detection on ONNX Runtime.
@@ -36,6 +36,8 @@ enum Command {
     Tune(Box<TuneArgs>),
     /// Run a station: cameras, engines and results until SIGINT or SIGTERM.
     Run(Box<RunArgs>),
+    /// The station as a systemd service: notify/watchdog, SIGHUP reload, HTTP API and live page.
+    Serve(Box<ServeArgs>),
     /// List the V4L2 cameras with their formats, frame sizes and rates.
     Cameras {
         /// Folder holding the video* device nodes.
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Bank(args) => cli::bank::run(*args),
         Command::Tune(args) => cli::tune::run(*args),
         Command::Run(args) => cli::run::run(*args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Cameras { dev } => cli::cameras::run(&dev),
     };
     match result {

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod info;
 pub mod inspect;
 pub mod run;
+pub mod serve;
 pub mod tune;
 
 use std::path::PathBuf;

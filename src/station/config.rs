@@ -18,6 +18,9 @@ use crate::sources::{Backoff, Fourcc};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StationConfig {
+    /// The station's name: MQTT topics and client id, logs.
+    #[serde(default = "default_station_name")]
+    pub name: String,
     #[serde(default)]
     pub runtime: RuntimeConfig,
     #[serde(default)]
@@ -29,6 +32,12 @@ pub struct StationConfig {
     /// Extra outputs; the factory-integration sinks (`mqtt`, `modbus`, `webhook`) go here.
     #[serde(default)]
     pub sinks: SinksConfig,
+    /// `glad serve`'s HTTP face (bind address, trigger token); unused by `glad run`.
+    #[serde(default)]
+    pub http: crate::service::HttpConfig,
+    /// `glad serve`'s systemd behaviour (drain bound, watchdog, load extensions).
+    #[serde(default)]
+    pub service: crate::service::ServiceConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +111,9 @@ fn default_jsonl_max() -> u64 {
 fn default_jsonl_keep() -> usize {
     5
 }
+fn default_station_name() -> String {
+    "station".into()
+}
 fn yes() -> bool {
     true
 }
@@ -112,9 +124,35 @@ fn default_free() -> u64 {
     256 << 20
 }
 
+/// The factory-integration sinks; each is off unless its key is present
+/// (config/sinks.example.yaml documents every key).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SinksConfig {}
+pub struct SinksConfig {
+    #[serde(default)]
+    pub mqtt: Option<crate::sinks::MqttConfig>,
+    #[serde(default)]
+    pub modbus: Option<crate::sinks::ModbusConfig>,
+    #[serde(default)]
+    pub webhook: Option<crate::sinks::WebhookConfig>,
+}
+
+impl SinksConfig {
+    /// Checks every sink's keys (errors name `sinks.<sink>.<key>`), without starting any.
+    pub fn validate(&self, file: &Path, station: &str, cameras: &[String]) -> Result<()> {
+        let named = |e: anyhow::Error| anyhow::anyhow!("{}: {e:#}", file.display());
+        if let Some(m) = &self.mqtt {
+            m.settings(station).map_err(named)?;
+        }
+        if let Some(m) = &self.modbus {
+            m.settings(cameras).map_err(named)?;
+        }
+        if let Some(w) = &self.webhook {
+            w.settings().map_err(named)?;
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -426,7 +464,13 @@ impl StationConfig {
             }
             c.load_calibration().map_err(|e| ck.fail(&k("calibration"), format!("{e:#}")))?;
         }
-        Ok(())
+        if self.name.trim().is_empty() || self.name.len() > 64 {
+            return Err(ck.fail("name", "a station name of 1 to 64 characters"));
+        }
+        let cameras: Vec<String> = self.cameras.iter().map(|c| c.name.clone()).collect();
+        self.service.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+        self.http.resolve().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+        self.sinks.validate(file, &self.name, &cameras)
     }
 }
 

@@ -21,7 +21,7 @@ use crate::config::Calibration;
 use crate::engine::{Engine, NoiseSource};
 use crate::imaging;
 use crate::pipeline::ImageTimes;
-use crate::sinks::{FrameRecord, FrameResult, Health, ImageStore, JsonlSink, Sink, StoreConfig, Stored, Verdict};
+use crate::sinks::{FrameRecord, FrameResult, Health, ImageStore, JsonlSink, Sink, SinkContext, StoreConfig, Stored, Verdict};
 use crate::sources::fake::FakeDevice;
 use crate::sources::replay::ReplaySource;
 use crate::sources::v4l2::V4l2Device;
@@ -38,6 +38,9 @@ pub struct CamSettings {
     pub max_fps: Option<f64>,
     pub every_nth: Option<u64>,
     pub max_age_ms: f64,
+    /// The bundle's own calibration (`glad calibrate --write-bundle`), in force only when the
+    /// camera sets neither `threshold` nor `calibration` and runs the bundle's defaults.
+    pub bundle_threshold: Option<f32>,
 }
 
 impl CamSettings {
@@ -49,13 +52,24 @@ impl CamSettings {
             max_fps: c.max_fps,
             every_nth: c.every_nth,
             max_age_ms: c.max_age_ms,
+            bundle_threshold: None,
         })
     }
 
-    /// The threshold in force: the calibration's, else `threshold`.
+    /// The threshold in force: the calibration's, else `threshold`, else the bundle's.
     pub fn threshold(&self) -> Option<f32> {
-        self.calibration.as_ref().map(|c| c.threshold).or(self.threshold)
+        self.calibration.as_ref().map(|c| c.threshold).or(self.threshold).or(self.bundle_threshold)
     }
+}
+
+/// The bundle's calibration threshold when the engine runs exactly the bundle's defaults with
+/// the default noise (what that calibration was computed with); else None.
+fn bundle_threshold(cfg: &StationConfig, engine: &Engine) -> Option<f32> {
+    let m = &engine.bundle.manifest;
+    let cal = m.calibration.as_ref()?;
+    let defaults = m.defaults.resolve(m.models.backbone.resolution).ok()?;
+    let noise_default = cfg.noise.dir.is_none() && cfg.noise.seed == 0;
+    (noise_default && engine.params == defaults).then_some(cal.threshold)
 }
 
 /// A frame with the number of its camera's frames dropped just before it.
@@ -561,6 +575,21 @@ impl Station {
         })?);
         let jsonl: Arc<dyn Sink> = Arc::new(JsonlSink::new(&results.dir, results.jsonl_max_bytes, results.jsonl_keep, opts.stdout)?);
         let mut sinks = vec![jsonl];
+        let ctx = SinkContext {
+            station: config.name.clone(),
+            cameras: cam_list.iter().map(|c| c.0.clone()).collect(),
+            state: Some(state.clone()),
+        };
+        let factory = &config.sinks;
+        if let Some(c) = &factory.mqtt {
+            sinks.push(Arc::new(c.build(&ctx).context("sinks.mqtt")?));
+        }
+        if let Some(c) = &factory.modbus {
+            sinks.push(Arc::new(c.build(&ctx).context("sinks.modbus")?));
+        }
+        if let Some(c) = &factory.webhook {
+            sinks.push(Arc::new(c.build(&ctx).context("sinks.webhook")?));
+        }
         sinks.extend(opts.extra_sinks);
         // Engines: one per (bundle, preset, glad) group.
         let mut groups: BTreeMap<String, (Engine, Vec<usize>)> = BTreeMap::new();
@@ -623,7 +652,10 @@ impl Station {
                     name: c.name.clone(),
                     policy: c.policy,
                     trigger: c.trigger,
-                    settings: RwLock::new(CamSettings::from_config(c)?),
+                    settings: RwLock::new(CamSettings {
+                        bundle_threshold: bundle_threshold(&config, &engine),
+                        ..CamSettings::from_config(c)?
+                    }),
                     live: Mutex::new(None),
                     queue: bounded(c.queue),
                     bundle_hash: hashes[&c.bundle].clone(),
@@ -722,6 +754,9 @@ impl Station {
         if cur.results != new.results || cur.runtime != new.runtime || cur.noise != new.noise || cur.scheduler != new.scheduler {
             bail!("reload: `results`, `runtime`, `noise` and `scheduler` need a restart");
         }
+        if cur.name != new.name || cur.sinks != new.sinks || cur.http != new.http || cur.service != new.service {
+            bail!("reload: `name`, `sinks`, `http` and `service` need a restart");
+        }
         for (old, c) in cur.cameras.iter().zip(&new.cameras) {
             for (what, differs) in [
                 ("source", old.source != c.source),
@@ -737,8 +772,8 @@ impl Station {
                 }
             }
             let cam = self.cams.get(&c.name).expect("same camera list");
-            let s = CamSettings::from_config(c)?;
             let before = cam.settings.read().expect("settings lock").clone();
+            let s = CamSettings { bundle_threshold: before.bundle_threshold, ..CamSettings::from_config(c)? };
             for (what, differs) in [
                 ("threshold", before.threshold != s.threshold),
                 ("calibration", before.calibration != s.calibration),
