@@ -1,0 +1,113 @@
+//! `glad serve` end to end on the real station: a replay camera over bundled images, the
+//! systemd messages on a fake NOTIFY_SOCKET, the HTTP face, a Modbus sink, and SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[test]
+fn serve_runs_the_station_with_http_notify_and_a_clean_sigterm() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (http, modbus) = (free_port(), free_port());
+    let cfg = tmp.path().join("station.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: test-line\nresults: {{dir: {res}}}\ncameras:\n  - name: cam0\n    source: {{replay: {{path: {imgs}, fps: 5, loop: true}}}}\n    bundle: {bundle}\n    glad: {{steps: 3, tau: 0.0}}\n    threshold: 1.0\nsinks:\n  modbus: {{port: {modbus}}}\nhttp: {{bind: \"127.0.0.1:{http}\"}}\nservice: {{drain_timeout_s: 10}}\n",
+            res = tmp.path().join("results").display(),
+            imgs = root.join("data/textures/brick/test/stain").display(),
+            bundle = root.join("onnx/tiny").display(),
+        ),
+    )
+    .unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glad"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .env("RUST_LOG", "warn")
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    // Until READY=1 and a first WATCHDOG=1, then until /readyz says 200 with frames recorded.
+    while t0.elapsed() < Duration::from_secs(60) && !(msgs.iter().any(|m: &String| m.contains("READY=1")) && msgs.iter().any(|m| m.contains("WATCHDOG=1"))) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(msgs.iter().any(|m| m.contains("READY=1")), "no READY=1 in {msgs:?}");
+    let ready_at = msgs.iter().position(|m| m.contains("READY=1")).unwrap();
+    assert!(msgs[..ready_at].iter().any(|m| m.contains("STATUS=")), "STATUS before READY: {msgs:?}");
+    let mut ok = false;
+    while t0.elapsed() < Duration::from_secs(90) {
+        let (code, body) = get(http, "/api/results?camera=cam0&limit=5");
+        if code == 200 && body.contains("\"verdict\"") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ok, "no verdict through /api/results");
+    assert_eq!(get(http, "/readyz").0, 200);
+    let (_, metrics) = get(http, "/metrics");
+    assert!(metrics.contains("glad_frames_total{camera=\"cam0\""), "{metrics}");
+    assert_eq!(get(http, "/latest/cam0.jpg").0, 200);
+    assert_eq!(get(http, "/latest/nope.jpg").0, 404);
+    // The Modbus sink is up: a raw Modbus TCP "read holding registers" of camera 0's block.
+    let mut m = TcpStream::connect(("127.0.0.1", modbus)).unwrap();
+    m.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    m.write_all(&[0, 1, 0, 0, 0, 6, 1, 3, 0, 0, 0, 8]).unwrap();
+    let mut resp = [0u8; 9 + 16];
+    m.read_exact(&mut resp).unwrap();
+    assert_eq!(resp[7], 3, "function code echoed: {resp:?}");
+    let verdict = u16::from_be_bytes([resp[9 + 6], resp[9 + 7]]);
+    assert!((1..=2).contains(&verdict), "register +3 holds OK/NG after frames, got {verdict}");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(30), "serve did not stop within 30 s of SIGTERM");
+        if let Ok(n) = sock.recv(&mut buf) {
+            msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    while let Ok(n) = sock.recv(&mut buf) {
+        msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+    assert!(msgs.iter().any(|m| m.contains("STOPPING=1")), "no STOPPING=1 in {msgs:?}");
+    let jsonl = std::fs::read_to_string(tmp.path().join("results/results.jsonl")).unwrap();
+    assert!(jsonl.lines().count() >= 1 && jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+}
