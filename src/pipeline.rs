@@ -32,7 +32,8 @@ pub struct ImageTimes {
 }
 
 impl ImageTimes {
-    fn from_batch(load: Duration, t: &StageTimes, b: usize) -> Self {
+    /// One image's share of a batch of `b`, plus its own `load` time.
+    pub fn from_batch(load: Duration, t: &StageTimes, b: usize) -> Self {
         let ms = |d: Duration| d.as_secs_f64() * 1e3 / b as f64;
         ImageTimes {
             load_ms: load.as_secs_f64() * 1e3,

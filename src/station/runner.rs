@@ -503,19 +503,7 @@ fn worker_thread(
 }
 
 fn times_per_image(t: &crate::engine::StageTimes, b: usize) -> ImageTimes {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3 / b as f64;
-    ImageTimes {
-        load_ms: 0.0,
-        encode_ms: ms(t.models.encode),
-        unet_ms: ms(t.models.unet),
-        decode_ms: ms(t.models.decode),
-        adp_backbone_ms: ms(t.models.adp_backbone),
-        backbone_ms: ms(t.models.backbone),
-        reconstruct_ms: ms(t.reconstruct),
-        anomaly_map_ms: ms(t.anomaly_map),
-        engine_ms: ms(t.reconstruct + t.anomaly_map),
-        onnxruntime_ms: ms(t.models.total()),
-    }
+    ImageTimes::from_batch(Duration::ZERO, t, b)
 }
 
 fn output_thread(
