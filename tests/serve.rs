@@ -57,7 +57,9 @@ fn serve_runs_the_station_with_http_notify_and_a_clean_sigterm() {
     let mut buf = [0u8; 4096];
     let t0 = Instant::now();
     // Until READY=1 and a first WATCHDOG=1, then until /readyz says 200 with frames recorded.
-    while t0.elapsed() < Duration::from_secs(60) && !(msgs.iter().any(|m: &String| m.contains("READY=1")) && msgs.iter().any(|m| m.contains("WATCHDOG=1"))) {
+    while t0.elapsed() < Duration::from_secs(60)
+        && !(msgs.iter().any(|m: &String| m.contains("READY=1")) && msgs.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
         if let Ok(n) = sock.recv(&mut buf) {
             msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
