@@ -213,3 +213,35 @@ fn crafted_bombs_and_truncations_are_refused() {
         assert!(imaging::decode(&png[..cut], Path::new("cut.png"), &ImageLimits::default()).is_err(), "cut at {cut}");
     }
 }
+
+/// The station's frame decoders (issue 10, once the station landed): MJPEG (random bytes and
+/// mutated valid JPEGs), YUYV and RGB with arbitrary declared sizes and byte counts. Each
+/// frame decodes to an image of its declared size or is refused; never a panic.
+#[test]
+fn frame_decoders_accept_or_refuse_every_frame() {
+    use glad_edge::sources::decode::decode_frame;
+    use glad_edge::sources::{Frame, PixelFormat};
+    let jpeg = encoded(ImageFormat::Jpeg);
+    let frame = |format, bytes: Vec<u8>| Frame {
+        camera: "cam0".into(),
+        seq: 0,
+        t_capture: std::time::SystemTime::now(),
+        format,
+        bytes: bytes.into(),
+    };
+    proptest!(cfg(3000), |(kind in 0u8..3, w in 0u32..70_000, h in 0u32..70_000, small in any::<bool>(),
+                          edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+                          cut in proptest::option::of(any::<usize>()), raw in proptest::collection::vec(any::<u8>(), 0..256))| {
+        let (w, h) = if small { (w % 9, h % 9) } else { (w, h) };
+        let (format, bytes) = match kind {
+            0 => (PixelFormat::Mjpeg, if raw.len() % 2 == 0 { mutate(&jpeg, &edits, cut, &[]) } else { raw.clone() }),
+            1 => (PixelFormat::Yuyv { w, h }, if small { vec![7u8; (w * h * 2) as usize] } else { raw.clone() }),
+            _ => (PixelFormat::Rgb { w, h }, if small { vec![9u8; (w * h * 3) as usize] } else { raw.clone() }),
+        };
+        if let Ok(img) = decode_frame(&frame(format, bytes)) {
+            if let PixelFormat::Yuyv { w, h } | PixelFormat::Rgb { w, h } = format {
+                prop_assert_eq!(img.dimensions(), (w, h));
+            }
+        }
+    });
+}

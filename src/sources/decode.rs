@@ -26,7 +26,7 @@ pub fn yuyv_to_rgb(bytes: &[u8], w: u32, h: u32) -> Result<RgbImage> {
     if bytes.len() != need {
         bail!("YUYV {w}x{h} needs {need} bytes, the frame has {}", bytes.len());
     }
-    let mut out = vec![0u8; (w * h * 3) as usize];
+    let mut out = vec![0u8; need / 2 * 3];
     for (src, dst) in bytes.chunks_exact(4).zip(out.chunks_exact_mut(6)) {
         let (y0, u, y1, v) = (src[0] as i32, src[1] as i32 - 128, src[2] as i32, src[3] as i32 - 128);
         for (k, y) in [y0, y1].into_iter().enumerate() {
@@ -67,7 +67,7 @@ pub fn decode_frame(frame: &Frame) -> Result<RgbImage> {
         PixelFormat::Mjpeg => crate::imaging::decode_rgb(&frame.bytes),
         PixelFormat::Yuyv { w, h } => yuyv_to_rgb(&frame.bytes, w, h),
         PixelFormat::Rgb { w, h } => RgbImage::from_raw(w, h, frame.bytes.to_vec())
-            .ok_or_else(|| anyhow::anyhow!("RGB {w}x{h} needs {} bytes, the frame has {}", w * h * 3, frame.bytes.len())),
+            .ok_or_else(|| anyhow::anyhow!("RGB {w}x{h} needs {} bytes, the frame has {}", w as u64 * h as u64 * 3, frame.bytes.len())),
     }
 }
 
