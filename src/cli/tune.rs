@@ -222,7 +222,7 @@ pub fn run(args: TuneArgs) -> Result<bool> {
     let mut trials = Vec::new();
     for &(t, k, tau, min_step) in &recon_points {
         let o = ParamOverrides { denoise_step: Some(t), steps: Some(k), tau: Some(tau), min_step: Some(min_step), ..Default::default() };
-        let p = match overrides_of(&base).merged(&o).resolve(s) {
+        let p = match base.to_overrides().merged(&o).resolve(s) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("grid point T={t} K={k} skipped: {e:#}");
@@ -310,27 +310,6 @@ pub fn run(args: TuneArgs) -> Result<bool> {
         eprintln!("wrote {}", path.display());
     }
     Ok(true)
-}
-
-/// Every resolved value as overrides, so a grid point changes only what it names.
-fn overrides_of(p: &Params) -> ParamOverrides {
-    ParamOverrides {
-        denoise_step: Some(p.denoise_step),
-        noise_offset: Some(p.noise_step as i64 - p.denoise_step as i64),
-        steps: Some(p.steps),
-        guidance: Some(p.guidance),
-        tau: Some(p.tau),
-        min_step: Some(p.min_step),
-        v: Some(p.v),
-        symmetric: Some(p.symmetric),
-        latent: Some(p.latent),
-        top_k: Some(p.top_k),
-        adp_top_k: Some(p.adp_top_k),
-        blur_sigma: Some(p.blur_sigma),
-        backbone_resolution: Some(p.backbone_resolution),
-        object_mask: Some(p.object_mask),
-        reference: Some(p.reference),
-    }
 }
 
 /// Default tau grid: 0 (ADP off) and the 0.5 and 0.9 quantiles of every ADP score the

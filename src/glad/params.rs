@@ -64,6 +64,29 @@ pub struct Params {
     pub reference: MapReference,
 }
 
+impl Params {
+    /// Every resolved value as overrides (`glad tune` changes only what a grid point names).
+    pub fn to_overrides(&self) -> ParamOverrides {
+        ParamOverrides {
+            denoise_step: Some(self.denoise_step),
+            noise_offset: Some(self.noise_step as i64 - self.denoise_step as i64),
+            steps: Some(self.steps),
+            guidance: Some(self.guidance),
+            tau: Some(self.tau),
+            min_step: Some(self.min_step),
+            v: Some(self.v),
+            symmetric: Some(self.symmetric),
+            latent: Some(self.latent),
+            top_k: Some(self.top_k),
+            adp_top_k: Some(self.adp_top_k),
+            blur_sigma: Some(self.blur_sigma),
+            backbone_resolution: Some(self.backbone_resolution),
+            object_mask: Some(self.object_mask),
+            reference: Some(self.reference),
+        }
+    }
+}
+
 /// A partial set of parameters (bundle defaults, presets, config files). Unknown keys are
 /// rejected so a typo never silently falls back to a default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -208,6 +231,19 @@ impl ParamOverrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolved_params_round_trip_through_overrides() {
+        let o = ParamOverrides {
+            denoise_step: Some(450),
+            noise_offset: Some(-1),
+            v: Some(2.0),
+            reference: Some(MapReference::Union),
+            ..Default::default()
+        };
+        let p = o.resolve(256).unwrap();
+        assert_eq!(p.to_overrides().resolve(999).unwrap(), p);
+    }
 
     #[test]
     fn errors_name_the_key_and_its_origin() {
