@@ -88,7 +88,7 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
     }
     let files = walk.files.clone();
     let mut engines = settings.engines(settings.config.inspect.workers)?;
-    if args.write_bundle && !settings.uses_bundle_defaults(&engines[0].bundle)? {
+    if args.write_bundle && !crate::engine::runs_bundle_defaults(&engines[0], &settings.noise_config()) {
         bail!("--write-bundle: a bundle's calibration must be made with its default settings and noise; drop the preset, `glad:` keys, parameter flags and --seed");
     }
     let noise = settings.noise()?;

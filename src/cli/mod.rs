@@ -199,34 +199,17 @@ impl Settings {
     }
 
     /// The verdict threshold: `--threshold`, else the config's calibration or threshold, else
-    /// the bundle's own calibration, but only while every setting is the bundle's default
-    /// (its calibration was computed with those; anything else would score differently).
+    /// the bundle's own calibration while the settings it was made with are in force
+    /// (`engine::bundle_threshold`); otherwise none, with a warning.
     pub fn threshold(&self, cli: Option<f32>, engine: &Engine) -> Result<Option<f32>> {
         if let Some(t) = cli.or(self.config.threshold()) {
             return Ok(Some(t));
         }
-        let Some(cal) = &engine.bundle.manifest.calibration else {
-            return Ok(None);
-        };
-        let same = match &cal.settings {
-            Some(rec) => rec.differences(&self.calibrated_with(engine)).is_empty(),
-            None => self.uses_bundle_defaults(&engine.bundle)?,
-        };
-        if same {
-            Ok(Some(cal.threshold))
-        } else {
-            tracing::warn!("the bundle's calibration is not applied: the GLAD settings or the noise differ from the bundle's defaults it was made with (calibrate again)");
-            Ok(None)
+        let t = crate::engine::bundle_threshold(engine, &self.noise_config());
+        if t.is_none() && engine.bundle.manifest.calibration.is_some() {
+            tracing::warn!("the bundle's calibration is not applied: the GLAD settings or the noise differ from those it was made with (calibrate again)");
         }
-    }
-
-    /// True when the resolved parameters and the noise are exactly the bundle's defaults.
-    pub fn uses_bundle_defaults(&self, bundle: &Bundle) -> Result<bool> {
-        let s = bundle.manifest.models.backbone.resolution;
-        let defaults = bundle.manifest.defaults.resolve(s)?;
-        let noise_default =
-            self.params.noise_dir.is_none() && self.config.noise.dir.is_none() && self.params.seed.unwrap_or(self.config.noise.seed) == 0;
-        Ok(noise_default && self.overrides(bundle)?.resolve(s)? == defaults)
+        Ok(t)
     }
 
     /// The noise source in force: `--noise-dir`, `noise.dir`, else the seed.

@@ -53,6 +53,46 @@ pub struct Engine {
     bank: Option<FeatureBank>,
 }
 
+/// T must lie inside the scheduler's train timesteps (checked for every parameter set run).
+fn check_denoise_step(bundle: &Bundle, ab: &AlphaBar, p: &Params) -> Result<()> {
+    if p.denoise_step >= ab.len() {
+        bail!(
+            "key `denoise_step`: {} must be below `scheduler.train_timesteps` ({}) of {}",
+            p.denoise_step,
+            ab.len(),
+            bundle.dir.join(crate::bundle::Manifest::FILE).display()
+        );
+    }
+    Ok(())
+}
+
+/// True when `engine` runs exactly its bundle's default parameters with the default noise
+/// (seed 0, no noise folder): the settings `glad calibrate --write-bundle` requires.
+pub fn runs_bundle_defaults(engine: &Engine, noise: &crate::config::NoiseConfig) -> bool {
+    let m = &engine.bundle.manifest;
+    let noise_default = noise.dir.is_none() && noise.seed == 0;
+    noise_default && m.defaults.resolve(m.models.backbone.resolution).is_ok_and(|d| d == engine.params)
+}
+
+/// The bundle's own calibration threshold, when `engine` runs the settings it was made with:
+/// those it recorded, or (a calibration without a record) the bundle's defaults. `None` when
+/// the bundle has no calibration or the settings differ.
+pub fn bundle_threshold(engine: &Engine, noise: &crate::config::NoiseConfig) -> Option<f32> {
+    let cal = engine.bundle.manifest.calibration.as_ref()?;
+    let same = match &cal.settings {
+        Some(rec) => {
+            let now = crate::config::CalibratedWith {
+                bundle: engine.bundle.manifest.name.clone(),
+                params: engine.params.clone(),
+                noise: noise.clone(),
+            };
+            rec.differences(&now).is_empty()
+        }
+        None => runs_bundle_defaults(engine, noise),
+    };
+    same.then_some(cal.threshold)
+}
+
 /// Where a bundle's feature bank lives (written by `glad bank`).
 pub fn bank_dir(bundle: &Bundle) -> std::path::PathBuf {
     bundle.dir.join("bank")
@@ -96,14 +136,7 @@ impl Engine {
             );
         }
         let ab = AlphaBar::new(&bundle.manifest.scheduler)?;
-        if params.denoise_step >= ab.len() {
-            bail!(
-                "key `denoise_step`: {} must be below `scheduler.train_timesteps` ({}) of {}",
-                params.denoise_step,
-                ab.len(),
-                bundle.dir.join(crate::bundle::Manifest::FILE).display()
-            );
-        }
+        check_denoise_step(&bundle, &ab, &params)?;
         let bank = match params.reference {
             MapReference::Reconstruction => None,
             _ => Some(FeatureBank::load(&bank_dir(&bundle), &backbone_channels(&bundle)?)?),
@@ -123,9 +156,7 @@ impl Engine {
     /// The reconstruction half of `inspect` with other parameters `p` (same bundle), for
     /// callers that score one reconstruction several ways (`glad tune`).
     pub fn reconstruct_with(&mut self, p: &Params, x: ArrayView4<'_, f32>, noise: &Noise) -> Result<Reconstruction> {
-        if p.denoise_step >= self.ab.len() {
-            bail!("denoise_step {} must be below the scheduler's {} train timesteps", p.denoise_step, self.ab.len());
-        }
+        check_denoise_step(&self.bundle, &self.ab, p)?;
         let sched = self.bundle.manifest.scheduler.clone();
         let latent = self.latent_shape();
         let mut models = OnnxModels::new(&mut self.bundle);

@@ -62,16 +62,6 @@ impl CamSettings {
     }
 }
 
-/// The bundle's calibration threshold when the engine runs exactly the bundle's defaults with
-/// the default noise (what that calibration was computed with); else None.
-fn bundle_threshold(cfg: &StationConfig, engine: &Engine) -> Option<f32> {
-    let m = &engine.bundle.manifest;
-    let cal = m.calibration.as_ref()?;
-    let defaults = m.defaults.resolve(m.models.backbone.resolution).ok()?;
-    let noise_default = cfg.noise.dir.is_none() && cfg.noise.seed == 0;
-    (noise_default && engine.params == defaults).then_some(cal.threshold)
-}
-
 /// A frame with the number of its camera's frames dropped just before it.
 type Queued = (Frame, u64);
 
@@ -641,7 +631,7 @@ impl Station {
                     policy: c.policy,
                     trigger: c.trigger,
                     settings: RwLock::new(CamSettings {
-                        bundle_threshold: bundle_threshold(&config, &engine),
+                        bundle_threshold: crate::engine::bundle_threshold(&engine, &config.noise),
                         ..CamSettings::from_config(c)?
                     }),
                     live: Mutex::new(None),
