@@ -26,9 +26,15 @@ done
 
 PACKAGES="libclang-dev gcc libc6-dev python3-pip ca-certificates"
 missing=()
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 if command -v dpkg-query >/dev/null; then
   for p in $PACKAGES; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    case "$p" in
+      gcc) command -v cc >/dev/null && continue ;;                          # any C compiler as cc
+      python3-pip) python3 -m pip --version >/dev/null 2>&1 && continue ;; # pip from elsewhere (pyenv, venv)
+      libclang-dev) [ -n "${LIBCLANG_PATH:-}" ] && continue ;;              # bindgen's own override
+    esac
+    installed "$p" || missing+=("$p")
   done
 else
   echo "setup: no dpkg-query: not Debian or Ubuntu; install the equivalents of: $PACKAGES" >&2
@@ -46,14 +52,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-if ! command -v cargo >/dev/null; then
-  echo "setup: cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
-  exit 1
-fi
-
 if [ "$check_only" = 1 ]; then
   if [ -f .ort/libonnxruntime.so.1.31.1 ]; then echo "setup: ONNX Runtime in .ort/"; else echo "setup: ONNX Runtime missing (.ort/)"; missing+=(onnxruntime); fi
+  command -v cargo >/dev/null || { echo "setup: cargo missing (rustup)"; missing+=(cargo); }
   [ "${#missing[@]}" -eq 0 ]
   exit
 fi
 scripts/fetch-ort.sh
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
