@@ -132,11 +132,11 @@ chroot "$root" passwd -d root >/dev/null
 img="$work/disk.img"
 mkfs.ext4 -q -F -d "$root" "$img" 3G
 accel=(-machine accel=tcg)
-if [ -w /dev/kvm ] && python3 -c 'import os,fcntl; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; then accel=(-enable-kvm); fi
+if [ "${GLAD_VM_ACCEL:-auto}" != tcg ] && [ -w /dev/kvm ] && python3 -c 'import os,fcntl; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; then accel=(-enable-kvm); fi
 echo "vm-check: booting (${accel[*]})" >&2
 out="$work/console.txt"
 timeout "${GLAD_VM_TIMEOUT:-900}" qemu-system-x86_64 "${accel[@]}" -m 2048 -smp 1 -nographic -no-reboot \
-  -kernel "$work/vmlinuz" -initrd "$work/initrd.img" -append "root=/dev/vda rw console=ttyS0 quiet init=/lib/systemd/systemd" \
+  -kernel "$work/vmlinuz" -initrd "$work/initrd.img" -append "root=/dev/vda rw console=ttyS0 ${GLAD_VM_QUIET-quiet} init=/lib/systemd/systemd" \
   -drive "file=$img,if=virtio,format=raw" -nic none </dev/null 2>&1 | tee "$out" || true
 [ -z "$transcript" ] || cp "$out" "$transcript"
 grep -q "VM-CHECK DONE: 0 failure(s)" "$out" || { echo "vm-check: FAILED (see the transcript)" >&2; exit 1; }
