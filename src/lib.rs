@@ -12,6 +12,7 @@ pub mod engine;
 pub mod eval;
 pub mod glad;
 pub mod imaging;
+pub mod logging;
 pub mod pipeline;
 pub mod runtime;
 pub mod service;

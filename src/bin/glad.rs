@@ -38,6 +38,12 @@ enum Command {
     Run(Box<RunArgs>),
     /// The station as a systemd service: notify/watchdog, SIGHUP reload, HTTP API and live page.
     Serve(Box<ServeArgs>),
+    /// Closed bundles: `pack SRC DST` copies shared models in and writes SHA-256 hashes;
+    /// `verify DIR` checks them.
+    Bundle {
+        #[command(subcommand)]
+        command: cli::pack::BundleCommand,
+    },
     /// List the V4L2 cameras with their formats, frame sizes and rates.
     Cameras {
         /// Folder holding the video* device nodes.
@@ -47,8 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,glad_edge=info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    glad_edge::logging::init();
     let result = match Cli::parse().command {
         Command::Info { common } => Settings::new(&common, ParamArgs::default()).and_then(|s| cli::info::run(&s)).map(|_| true),
         Command::Inspect(args) => cli::inspect::run(*args),
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         Command::Tune(args) => cli::tune::run(*args),
         Command::Run(args) => cli::run::run(*args),
         Command::Serve(args) => cli::serve::run(*args),
+        Command::Bundle { command } => cli::pack::run(command),
         Command::Cameras { dev } => cli::cameras::run(&dev),
     };
     match result {

@@ -4,6 +4,7 @@
 
 pub mod edit;
 mod manifest;
+pub mod pack;
 mod profiles;
 mod validate;
 

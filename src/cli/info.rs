@@ -9,6 +9,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     let bundle = settings.load_bundle()?;
     let m = &bundle.manifest;
     println!("bundle      {} ({})", m.name, bundle.dir.display());
+    println!("closed      {}", crate::bundle::pack::closure_line(&bundle.dir, m));
     if !m.description.is_empty() {
         println!("description {}", m.description);
     }

@@ -6,6 +6,7 @@ pub mod cameras;
 pub mod eval;
 pub mod info;
 pub mod inspect;
+pub mod pack;
 pub mod run;
 pub mod serve;
 pub mod tune;

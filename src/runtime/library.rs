@@ -1,8 +1,10 @@
 //! Locating and loading the ONNX Runtime shared library (ort's `load-dynamic`).
 //!
 //! The path comes from, in order: the config (`runtime.library`), the `ORT_DYLIB_PATH`
-//! environment variable, and the project default baked in at compile time from
-//! `.cargo/config.toml` (`.ort/libonnxruntime.so.1.31.1`, filled by `scripts/fetch-ort.sh`).
+//! environment variable, the folders of [`EXE_RELATIVE_DIRS`] relative to the running
+//! executable (where the Debian package and `scripts/install-service.sh` put the library), and
+//! the project default baked in at compile time from `.cargo/config.toml`
+//! (`.ort/libonnxruntime.so.1.31.1`, filled by `scripts/fetch-ort.sh`).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -17,14 +19,24 @@ pub const MIN_VERSION: &str = "1.31";
 pub enum LibrarySource {
     Config,
     Environment,
+    BesideExecutable,
     BuildDefault,
 }
+
+/// Folders searched for the library, relative to the folder of the running executable, after
+/// `runtime.library` and `ORT_DYLIB_PATH` and before the build default: the private library
+/// folder of an installed glad (`/usr/bin/glad` → `/usr/lib/glad-edge/`, the Debian package;
+/// `/usr/local/bin/glad` → `/usr/local/lib/glad-edge/`, scripts/install-service.sh), then the
+/// executable's own folder. In each, `libonnxruntime.so` wins, else the highest-named
+/// `libonnxruntime.so.<version>`.
+pub const EXE_RELATIVE_DIRS: &[&str] = &["../lib/glad-edge", "."];
 
 impl std::fmt::Display for LibrarySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             LibrarySource::Config => "runtime.library in the config",
             LibrarySource::Environment => "ORT_DYLIB_PATH",
+            LibrarySource::BesideExecutable => "the library folder next to the executable (../lib/glad-edge)",
             LibrarySource::BuildDefault => "the build default (run scripts/fetch-ort.sh)",
         })
     }
@@ -38,6 +50,9 @@ pub fn resolve_library(configured: Option<&Path>) -> Result<(PathBuf, LibrarySou
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         return Ok((PathBuf::from(p), LibrarySource::Environment));
     }
+    if let Some(p) = std::env::current_exe().ok().and_then(|exe| find_beside(&exe)) {
+        return Ok((p, LibrarySource::BesideExecutable));
+    }
     match option_env!("ORT_DYLIB_PATH") {
         Some(p) => Ok((PathBuf::from(p), LibrarySource::BuildDefault)),
         None => bail!(
@@ -45,6 +60,27 @@ pub fn resolve_library(configured: Option<&Path>) -> Result<(PathBuf, LibrarySou
              (ONNX Runtime >= {MIN_VERSION} needed; scripts/fetch-ort.sh downloads one)"
         ),
     }
+}
+
+/// The library in the [`EXE_RELATIVE_DIRS`] of `exe`, if one is there.
+pub fn find_beside(exe: &Path) -> Option<PathBuf> {
+    let exe = exe.canonicalize().unwrap_or_else(|_| exe.to_path_buf());
+    let base = exe.parent()?;
+    EXE_RELATIVE_DIRS.iter().filter_map(|d| base.join(d).canonicalize().ok()).find_map(|d| find_in(&d))
+}
+
+fn find_in(dir: &Path) -> Option<PathBuf> {
+    let plain = dir.join("libonnxruntime.so");
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+        .collect();
+    versioned.sort();
+    versioned.pop()
 }
 
 struct Loaded {

@@ -6,7 +6,9 @@ mod library;
 mod model;
 mod providers;
 
-pub use library::{environment, library_path, library_version, resolve_library, LibrarySource, MIN_VERSION};
+pub use library::{
+    environment, find_beside, library_path, library_version, resolve_library, LibrarySource, EXE_RELATIVE_DIRS, MIN_VERSION,
+};
 pub use model::{Bind, BindingStats, Input, Model, TensorSpec};
 pub use providers::{
     engine_cache_dir, precision, tensorrt_options, IoBindingMode, Policy, ProviderKind, ProvidersConfig, TensorRtConfig, TrtProfile,
