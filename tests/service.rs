@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glad_edge::service::{self, HttpConfig, HttpServer, ServeOptions};
 use glad_edge::sinks::{FrameRecord, FrameResult, Stored, Verdict};
-use glad_edge::station::StationState;
+use glad_edge::telemetry::StationState;
 use service_fake::{FakeConfig, FakeOptions, FakeStation, CONTINUOUS, TRIGGERED};
 
 const TOKEN: &str = "s3cret-trigger-token-0123";

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::record;
 use glad_edge::sinks::{FrameRecord, FrameResult, ModbusConfig, Sink, SinkContext};
-use glad_edge::station::StationState;
+use glad_edge::telemetry::StationState;
 use tokio_modbus::prelude::*;
 
 fn rt() -> tokio::runtime::Runtime {

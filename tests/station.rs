@@ -702,7 +702,7 @@ fn station_example_config_is_valid_and_its_paths_exist() {
     assert!(root().join(&cam.bundle).join("bundle.yaml").is_file());
     match &cam.source {
         glad_edge::station::config::SourceConfig::Replay { path, .. } => {
-            assert!(!glad_edge::sources::sorted_images(&root().join(path)).unwrap().is_empty())
+            assert!(!glad_edge::files::sorted_images(&root().join(path)).unwrap().is_empty())
         }
         other => panic!("the example should replay: {other:?}"),
     }

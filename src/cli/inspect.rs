@@ -9,9 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::{CommonArgs, ParamArgs, Settings};
+use crate::files as walk;
 use crate::imaging;
 use crate::pipeline::{self, Inspected};
-use crate::sources::walk;
 
 #[derive(Debug, Clone, Args)]
 pub struct InspectArgs {
@@ -98,27 +98,6 @@ pub fn output_stem(path: &Path) -> String {
     format!("{name}___{hex}")
 }
 
-/// Refuses a station calibration whose recorded settings differ from those in force (its
-/// threshold would be compared with scores computed differently).
-pub fn check_calibration(settings: &Settings, cal: &crate::config::Calibration, engine: &crate::engine::Engine) -> Result<()> {
-    let cfg = settings.config_path.as_ref().map_or("config".to_string(), |p| p.display().to_string());
-    match &cal.settings {
-        None => {
-            tracing::warn!("{cfg}: the calibration records no settings (an older station config): its threshold is applied unchecked");
-        }
-        Some(rec) => {
-            let diff = rec.differences(&settings.calibrated_with(engine));
-            if !diff.is_empty() {
-                bail!(
-                    "{cfg}: key `calibration.settings`: the threshold was calibrated with other settings than those in force: {}; use the calibrated settings, recalibrate, or pass --threshold",
-                    diff.join(", ")
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 pub fn progress(n: usize, what: &str) -> ProgressBar {
     let pb = if n > 1 { ProgressBar::new(n as u64) } else { ProgressBar::hidden() };
     pb.set_style(
@@ -144,10 +123,7 @@ pub fn run(args: InspectArgs) -> Result<bool> {
     let mut engines = settings.engines(if args.sequential { 1 } else { workers })?;
     let noise = settings.noise()?;
     let threshold = settings.threshold(args.threshold, &engines[0])?;
-    let calibration = settings.config.calibration.clone();
-    if let (None, Some(c)) = (args.threshold, &calibration) {
-        check_calibration(&settings, c, &engines[0])?;
-    }
+    let calibration = settings.config.calibration.clone().filter(|_| args.threshold.is_none());
     let batch = args.batch.unwrap_or(settings.config.inspect.batch);
     let save_rec = args.save_reconstruction || settings.config.inspect.save_reconstruction;
     let save_map = args.save_map || settings.config.inspect.save_map;

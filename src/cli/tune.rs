@@ -16,10 +16,10 @@ use super::eval::{compute_metrics, Scored};
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::{backbone_channels, bank_dir};
+use crate::files as walk;
 use crate::glad::bank::FeatureBank;
 use crate::glad::{MapReference, ParamOverrides, Params};
 use crate::imaging;
-use crate::sources::walk;
 use crate::train::data::{rng_for, Purpose, TextureDir};
 use crate::train::synth::{synthesize, TextureSource};
 

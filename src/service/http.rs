@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::station::metrics::FrameLabel;
-use crate::station::StationState;
+use crate::telemetry::metrics::FrameLabel;
+use crate::telemetry::StationState;
 
 /// Default port of `http.bind`.
 pub const DEFAULT_PORT: u16 = 9480;
@@ -306,7 +306,7 @@ async fn cameras(State(app): Shared) -> Response {
                 "name": c.name,
                 "triggered": c.triggered,
                 "streaming": c.streaming.load(Ordering::Relaxed),
-                "status": *c.status.lock().expect("status lock"),
+                "status": c.status.lock().expect("status lock").to_string(),
                 "pending_triggers": st.triggers.pending(&c.name),
                 "counts": {
                     "ok": count(st, &c.name, "normal"),

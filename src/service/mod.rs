@@ -21,7 +21,8 @@
 //! ```text
 //! Command::Serve(args) => {
 //!     let config = StationConfig::load(&args.config)?;
-//!     let opts = service::ServeOptions { config_path: args.config.clone(), service: config.service.clone(), http: config.http.clone() };
+//!     let sections = service::ServeSections::of(&config, &args.config)?;
+//!     let opts = service::ServeOptions { config_path: args.config.clone(), service: sections.service, http: sections.http };
 //!     service::serve(opts, |loading| { loading.status("loading bundles"); Station::start(config) }).map(|_| true)
 //! }
 //! impl service::StationLifecycle for Station {
@@ -43,7 +44,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::station::StationState;
+use crate::station::StationConfig;
+use crate::telemetry::StationState;
 
 pub use http::{HttpConfig, HttpServer, HttpSettings};
 pub use notify::{Loading, Notifier, Watchdog};
@@ -116,6 +118,32 @@ impl ServiceConfig {
 
     pub fn heartbeat_max_age(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_max_age_s)
+    }
+}
+
+/// The sections of the station config the service owns, `http:` and `service:`, parsed and
+/// checked here (the station keeps them as YAML and ignores them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServeSections {
+    pub http: HttpConfig,
+    pub service: ServiceConfig,
+}
+
+impl ServeSections {
+    /// The sections of `config`, checked; errors name `file` and the key.
+    pub fn of(config: &StationConfig, file: &Path) -> Result<ServeSections> {
+        fn part<T: serde::de::DeserializeOwned + Default>(file: &Path, key: &str, v: &Option<serde_yaml::Value>) -> Result<T> {
+            let Some(v) = v else { return Ok(T::default()) };
+            serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+                let inner = e.path().to_string();
+                let at = if inner == "." || inner.is_empty() { key.to_string() } else { format!("{key}.{inner}") };
+                anyhow::anyhow!("{}: key `{at}`: {}", file.display(), e.into_inner())
+            })
+        }
+        let s = ServeSections { http: part(file, "http", &config.http)?, service: part(file, "service", &config.service)? };
+        s.service.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+        s.http.resolve().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+        Ok(s)
     }
 }
 

@@ -35,7 +35,7 @@ use tokio_modbus::{ExceptionCode, Request, Response};
 
 use super::modbus_config::ModbusSettings;
 use super::{FrameRecord, FrameResult, Health, Sink, Verdict};
-use crate::station::StationState;
+use crate::telemetry::StationState;
 
 /// Holding registers per camera block.
 pub const BLOCK: usize = 16;

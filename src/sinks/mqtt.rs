@@ -28,7 +28,7 @@ use super::check::topic_level;
 use super::mqtt_config::{MqttSettings, MqttTlsConfig};
 use super::outbox::Outbox;
 use super::{FrameRecord, FrameResult, Health, Sink, SinkCounters};
-use crate::station::StationState;
+use crate::telemetry::StationState;
 
 /// Records whose JSON is larger are dropped and counted (a record is normally about 1 KiB).
 pub const MAX_PAYLOAD: usize = 256 * 1024;

@@ -64,7 +64,7 @@ impl ReplaySource {
         let mut frames = Vec::new();
         if idx_path.is_file() {
             let text = std::fs::read_to_string(&idx_path).with_context(|| format!("{}: cannot read", idx_path.display()))?;
-            let idx: RecordingIndex = crate::bundle::parse_yaml(&idx_path, &text)?;
+            let idx: RecordingIndex = crate::yaml::parse_yaml(&idx_path, &text)?;
             let fmt = match idx.format {
                 Fourcc::Mjpeg => PixelFormat::Mjpeg,
                 Fourcc::Yuyv => PixelFormat::Yuyv { w: idx.width, h: idx.height },
@@ -75,7 +75,7 @@ impl ReplaySource {
                 frames.push((fmt, Arc::from(b)));
             }
         } else {
-            for p in super::sorted_images(path)? {
+            for p in crate::files::sorted_images(path)? {
                 let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
                 if ext == "jpg" || ext == "jpeg" {
                     let b = std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?;

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::parse_yaml;
-use crate::config::{Calibration, Config, NoiseConfig};
+use crate::config::{check, Calibration, Config, NoiseConfig};
+use crate::engine::{EngineSpec, VerdictSpec};
 use crate::glad::ParamOverrides;
 use crate::runtime::RuntimeConfig;
 use crate::sources::fake::Fault;
 use crate::sources::{Backoff, Fourcc};
+use crate::yaml::parse_yaml;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,12 +33,14 @@ pub struct StationConfig {
     /// Extra outputs; the factory-integration sinks (`mqtt`, `modbus`, `webhook`) go here.
     #[serde(default)]
     pub sinks: SinksConfig,
-    /// `glad serve`'s HTTP face (bind address, trigger token); unused by `glad run`.
-    #[serde(default)]
-    pub http: crate::service::HttpConfig,
-    /// `glad serve`'s systemd behaviour (drain bound, watchdog, load extensions).
-    #[serde(default)]
-    pub service: crate::service::ServiceConfig,
+    /// `glad serve`'s HTTP face (bind address, trigger token): owned, parsed and checked by
+    /// the service layer (`service::ServeSections`); kept here as YAML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<serde_yaml::Value>,
+    /// `glad serve`'s systemd behaviour (drain bound, watchdog, load extensions): owned by
+    /// the service layer like `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,22 +355,20 @@ impl CameraConfig {
     }
 }
 
+/// The config's checks (`config::check`) with the file named in front.
 struct Check<'a> {
     file: &'a Path,
 }
 
 impl Check<'_> {
+    fn named(&self, r: Result<impl Sized>) -> Result<()> {
+        r.map(|_| ()).map_err(|e| anyhow::anyhow!("{}: {e:#}", self.file.display()))
+    }
     fn num(&self, key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
-        if !v.is_finite() || v < lo || v > hi {
-            bail!("{}: key `{key}`: {v} is out of range (expected {lo} ..= {hi})", self.file.display());
-        }
-        Ok(())
+        self.named(check::number(&format!("key `{key}`"), v, lo, hi))
     }
     fn int(&self, key: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
-        if v < lo || v > hi {
-            bail!("{}: key `{key}`: {v} is out of range (expected {lo} ..= {hi})", self.file.display());
-        }
-        Ok(())
+        self.named(check::int(&format!("key `{key}`"), v, lo, hi))
     }
     fn fail(&self, key: &str, msg: impl std::fmt::Display) -> anyhow::Error {
         anyhow::anyhow!("{}: key `{key}`: {msg}", self.file.display())
@@ -375,6 +376,21 @@ impl Check<'_> {
 }
 
 impl StationConfig {
+    /// The engine recipe of camera `i` (`engine::EngineSpec`: the same layering, noise and
+    /// threshold rules as `glad inspect`). Its threshold is resolved per camera
+    /// (`CamSettings`), so the spec carries none.
+    pub fn engine_spec(&self, i: usize) -> EngineSpec {
+        let c = &self.cameras[i];
+        EngineSpec {
+            bundle_dir: c.bundle.clone(),
+            runtime: self.runtime.clone(),
+            preset: c.preset.clone(),
+            layers: vec![(format!("station config: key `cameras[{i}].glad.{{}}`"), c.glad.clone())],
+            noise: self.noise.clone(),
+            verdict: VerdictSpec::default(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<StationConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read station config", path.display()))?;
         Self::from_yaml(path, &text)
@@ -440,7 +456,7 @@ impl StationConfig {
                 }
             }
             if let Some(t) = c.threshold {
-                ck.num(&k("threshold"), t as f64, f32::MIN as f64, f32::MAX as f64)?;
+                ck.named(check::threshold(&format!("key `{}`", k("threshold")), t))?;
             }
             ck.num(&k("max_age_ms"), c.max_age_ms, 1.0, 3_600_000.0)?;
             ck.int(&k("queue"), c.queue as u64, 1, 100_000)?;
@@ -468,8 +484,6 @@ impl StationConfig {
             return Err(ck.fail("name", "a station name of 1 to 64 characters"));
         }
         let cameras: Vec<String> = self.cameras.iter().map(|c| c.name.clone()).collect();
-        self.service.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
-        self.http.resolve().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
         self.sinks.validate(file, &self.name, &cameras)
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::metrics::Metrics;
 use super::trigger::Triggers;
-use crate::sinks::{FrameRecord, FrameResult};
+use crate::record::{FrameRecord, FrameResult};
 
 /// One camera as the station sees it.
 #[derive(Debug)]
@@ -20,8 +20,47 @@ pub struct CameraState {
     pub latest: Mutex<Option<FrameResult>>,
     /// True while frames arrive; false while the source is reconnecting.
     pub streaming: AtomicBool,
-    /// A human-readable state: `streaming`, `reconnecting in 2.0 s: ...`.
-    pub status: Mutex<String>,
+    /// What the camera is doing (shown as `streaming`, `reconnecting in 2.0 s: ...`).
+    pub status: Mutex<CameraStatus>,
+}
+
+/// A camera's state as the station reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CameraStatus {
+    Starting,
+    Streaming,
+    Reconnecting {
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+    },
+    /// A replay without `loop` reached its end.
+    Ended,
+    /// The source refused to go on (retrying cannot help): a failure of the run.
+    Stopped(String),
+    /// Any other state a tool or test reports, shown as given.
+    Note(String),
+}
+
+impl std::fmt::Display for CameraStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CameraStatus::Starting => f.write_str("starting"),
+            CameraStatus::Streaming => f.write_str("streaming"),
+            CameraStatus::Reconnecting { attempt, delay, reason } => {
+                write!(f, "reconnecting in {:.1} s (attempt {attempt}): {reason}", delay.as_secs_f64())
+            }
+            CameraStatus::Ended => f.write_str("ended"),
+            CameraStatus::Stopped(why) => write!(f, "stopped: {why}"),
+            CameraStatus::Note(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<&str> for CameraStatus {
+    fn from(s: &str) -> CameraStatus {
+        CameraStatus::Note(s.to_string())
+    }
 }
 
 /// Per-component liveness: each loop beats when it makes progress (a frame, a batch, an
@@ -101,7 +140,7 @@ impl StationState {
                     triggered: *triggered,
                     latest: Mutex::new(None),
                     streaming: AtomicBool::new(false),
-                    status: Mutex::new("starting".into()),
+                    status: Mutex::new(CameraStatus::Starting),
                 };
                 (name.clone(), c)
             })
@@ -145,7 +184,7 @@ impl StationState {
         out
     }
 
-    pub fn set_camera_status(&self, camera: &str, streaming: bool, status: impl Into<String>) {
+    pub fn set_camera_status(&self, camera: &str, streaming: bool, status: impl Into<CameraStatus>) {
         if let Some(c) = self.cameras.get(camera) {
             c.streaming.store(streaming, Ordering::Relaxed);
             *c.status.lock().expect("status lock") = status.into();

@@ -3,11 +3,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use crate::glad::reconstruct::AdpStop;
 use crate::pipeline::ImageTimes;
+
+/// The version every record carries.
+pub const GLAD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The verdict against the camera's threshold (the words `glad inspect` writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,10 +61,74 @@ pub struct FrameRecord {
     pub glad_version: String,
 }
 
+/// What every record of a frame carries whatever happened to it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub camera: String,
+    pub seq: u64,
+    pub t_capture: SystemTime,
+    /// Frames of this camera dropped just before this one.
+    pub dropped: u64,
+    /// The threshold in force for the camera.
+    pub threshold: Option<f32>,
+    pub bundle_hash: String,
+}
+
+fn ms_since_epoch(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+}
+
 impl FrameRecord {
     /// NG: an anomalous verdict (errors are not NG; they have no verdict).
     pub fn is_ng(&self) -> bool {
         self.verdict == Some(Verdict::Anomalous)
+    }
+
+    fn base(o: Origin) -> FrameRecord {
+        FrameRecord {
+            camera: o.camera,
+            seq: o.seq,
+            t_capture_ms: ms_since_epoch(o.t_capture),
+            latency_ms: SystemTime::now().duration_since(o.t_capture).unwrap_or_default().as_secs_f64() * 1e3,
+            dropped: o.dropped,
+            ok: false,
+            error: None,
+            score: None,
+            threshold: o.threshold,
+            verdict: None,
+            normalized_score: None,
+            adp_step: None,
+            adp_score: None,
+            adp_stop: None,
+            times_ms: None,
+            stored: Stored::default(),
+            bundle_hash: o.bundle_hash,
+            glad_version: GLAD_VERSION.to_string(),
+        }
+    }
+
+    /// A frame that could not be inspected: `ok: false`, `error: "<kind>: <message>"`, no verdict.
+    pub fn error(o: Origin, kind: &str, message: &str) -> FrameRecord {
+        FrameRecord { error: Some(format!("{kind}: {message}")), ..Self::base(o) }
+    }
+
+    /// An inspected frame: the verdict against `o.threshold`; a non-finite score is an
+    /// engine error without a verdict.
+    pub fn inspected(o: Origin, score: f32, adp: Option<AdpStop>, times: ImageTimes) -> FrameRecord {
+        let threshold = o.threshold;
+        let finite = score.is_finite();
+        FrameRecord {
+            ok: finite,
+            error: (!finite).then(|| format!("engine: the anomaly score is {score}")),
+            score: finite.then_some(score),
+            verdict: threshold.filter(|_| finite).map(|t| if score > t { Verdict::Anomalous } else { Verdict::Normal }),
+            normalized_score: threshold.filter(|_| finite).map(|t| score / t),
+            adp_step: adp.and_then(|a| usize::try_from(a.step).ok()),
+            adp_score: adp.map(|a| a.score),
+            adp_stop: adp.map(|a| if a.on_threshold { "threshold" } else { "min_step" }.to_string()),
+            times_ms: Some(times),
+            ..Self::base(o)
+        }
     }
 }
 

@@ -132,6 +132,17 @@ fn walk(inputs: &[PathBuf], recursive: bool) -> Walk {
     w.out
 }
 
+/// Image files under `dir`, sorted by path (folders searched recursively): the replay
+/// source's listing, through the one walker every command uses (regular files only, each
+/// folder once); a missing folder or unreadable entry is an error here.
+pub fn sorted_images(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let w = images(&[dir.to_path_buf()]);
+    if !w.problems.is_empty() {
+        anyhow::bail!("{}", w.messages().join("; "));
+    }
+    Ok(w.files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
