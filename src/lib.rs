@@ -5,6 +5,7 @@
 //! models of a `bundle` through `runtime` (the only module that knows ONNX Runtime), and the
 //! CLI writes JSON lines and heatmaps.
 
+pub mod asyncrt;
 pub mod bundle;
 pub mod cli;
 pub mod config;

@@ -408,8 +408,8 @@ fn station_record_has_every_field_and_ng_frames_are_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let frames = images_dir(tmp.path(), 3, false);
     let results = tmp.path().join("results");
-    // threshold 0: every frame is NG, so every frame is stored.
-    let cfg = config(&station_yaml(&results, &frames, "    threshold: 0.0\n    policy: lossless\n", 0.0, false));
+    // threshold 1e-6 (0 is refused, as by `glad inspect`): every frame is NG, so every frame is stored.
+    let cfg = config(&station_yaml(&results, &frames, "    threshold: 0.000001\n    policy: lossless\n", 0.0, false));
     let t_start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() * 1e3;
     let (recs, metrics) = run_until_sources_end(cfg, Duration::from_secs(40));
     assert_eq!(recs.len(), 3);
@@ -444,7 +444,7 @@ fn station_record_has_every_field_and_ng_frames_are_stored() {
         assert!(l["t_capture_ms"].as_f64().unwrap() >= t_start - 1.0);
         assert!(l["latency_ms"].as_f64().unwrap() > 0.0);
         assert_eq!(l["verdict"], "anomalous");
-        assert_eq!(l["threshold"], 0.0);
+        assert_eq!(l["threshold"], 1e-6);
         assert!(l["adp_step"].is_null(), "ADP is off");
         assert!(l["times_ms"]["engine_ms"].as_f64().unwrap() > 0.0);
         assert_eq!(l["bundle_hash"], hash.as_str());
@@ -506,7 +506,7 @@ fn station_cameras_sharing_a_bundle_share_an_engine_and_reload_applies_settings(
     let station = Station::start(config(&text), StartOptions { stdout: false, extra_sinks: vec![sink.clone()] }).unwrap();
     assert_eq!(station.engines(), 1, "two cameras on the same bundle and parameters share one engine");
     // Reload: a new threshold and ROI apply without a restart.
-    let changed = text.replacen("threshold: 1.0", "threshold: 0.0\n    roi: {x: 0, y: 0, width: 32, height: 32}", 1);
+    let changed = text.replacen("threshold: 1.0", "threshold: 0.000001\n    roi: {x: 0, y: 0, width: 32, height: 32}", 1);
     let what = station.reload(config(&changed)).unwrap();
     assert_eq!(what, vec!["cameras.cam0.threshold".to_string(), "cameras.cam0.roi".to_string()]);
     // A changed bundle needs a restart: refused, the old config stays.
@@ -514,13 +514,13 @@ fn station_cameras_sharing_a_bundle_share_an_engine_and_reload_applies_settings(
     assert!(station.reload(config(&bad)).unwrap_err().to_string().contains("bundle"));
     assert_eq!(station.config(), config(&changed));
     let t0 = Instant::now();
-    let seen = |sink: &Collect| sink.0.lock().unwrap().iter().any(|r| r.record.camera == "cam0" && r.record.threshold == Some(0.0));
+    let seen = |sink: &Collect| sink.0.lock().unwrap().iter().any(|r| r.record.camera == "cam0" && r.record.threshold == Some(1e-6));
     while !seen(&sink) && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }
     station.shutdown(Duration::from_secs(5)).unwrap();
     let all = sink.0.lock().unwrap();
-    let r = all.iter().rev().find(|r| r.record.camera == "cam0" && r.record.threshold == Some(0.0)).expect("a record after the reload");
+    let r = all.iter().rev().find(|r| r.record.camera == "cam0" && r.record.threshold == Some(1e-6)).expect("a record after the reload");
     assert_eq!(r.record.verdict, Some(Verdict::Anomalous));
     assert_eq!(r.input.as_ref().unwrap().dimensions(), (32, 32), "the new ROI applies");
     assert!(all.iter().any(|r| r.record.camera == "cam1"));
@@ -611,7 +611,7 @@ fn station_disk_full_keeps_inspecting_marks_not_stored_and_degraded() {
     std::fs::write(disk.0.join("filler"), vec![7u8; 52 * 1024]).unwrap();
     let frames = images_dir(tmp.path(), 3, true);
     let results = disk.0.join("results");
-    let cfg = config(&station_yaml(&results, &frames, "    threshold: 0.0\n    policy: lossless\n", 0.0, false));
+    let cfg = config(&station_yaml(&results, &frames, "    threshold: 0.000001\n    policy: lossless\n", 0.0, false));
     let sink = Arc::new(Collect::default());
     let station = Station::start(cfg, StartOptions { stdout: false, extra_sinks: vec![sink.clone()] }).unwrap();
     let t0 = Instant::now();

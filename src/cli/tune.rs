@@ -9,13 +9,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use image::{GrayImage, Luma};
 use ndarray::{Array2, Array4, Axis};
 
-use super::eval::{compute_metrics, Scored};
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::{backbone_channels, bank_dir};
+use crate::eval::score::{compute_metrics, mask_at, Scored};
 use crate::files as walk;
 use crate::glad::bank::FeatureBank;
 use crate::glad::{MapReference, ParamOverrides, Params};
@@ -100,13 +99,6 @@ struct ValSet {
     labels: Vec<bool>,
     masks: Vec<Option<Array2<bool>>>,
     names: Vec<PathBuf>,
-}
-
-fn mask_at(mask: &Array2<f32>, s: usize) -> Array2<bool> {
-    let (h, w) = mask.dim();
-    let img = GrayImage::from_fn(w as u32, h as u32, |x, y| Luma([if mask[[y as usize, x as usize]] > 0.5 { 255 } else { 0 }]));
-    let img = image::imageops::resize(&img, s as u32, s as u32, image::imageops::FilterType::Nearest);
-    Array2::from_shape_fn((s, s), |(y, x)| img.get_pixel(x as u32, y as u32)[0] > 127)
 }
 
 fn validation_set(

@@ -159,13 +159,7 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds (errors here, not later) and serves on a thread of its own.
     pub fn start(state: Arc<StationState>, settings: HttpSettings, heartbeat_max_age: Duration) -> Result<HttpServer> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("glad-http")
-            .enable_io()
-            .enable_time()
-            .build()
-            .context("starting the HTTP runtime")?;
+        let runtime = crate::asyncrt::runtime();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(settings.bind))
             .with_context(|| format!("key `http.bind`: cannot listen on {}", settings.bind))?;
@@ -194,7 +188,6 @@ impl HttpServer {
                 if let Err(e) = served {
                     tracing::error!("HTTP server: {e}");
                 }
-                runtime.shutdown_timeout(Duration::from_millis(200));
                 let _ = done_tx.send(());
             })
             .context("spawning the HTTP thread")?;

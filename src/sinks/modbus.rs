@@ -200,15 +200,7 @@ impl ModbusSink {
         let thread = std::thread::Builder::new()
             .name("sink-modbus".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "modbus: cannot start the runtime");
-                        failed2.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                };
-                rt.block_on(serve(listener, service, map2, hb, stop_rx, failed2));
+                crate::asyncrt::runtime().block_on(serve(listener, service, map2, hb, stop_rx, failed2));
             })
             .context("starting the modbus thread")?;
         tracing::info!(%addr, cameras = n, "modbus: serving");
@@ -242,7 +234,7 @@ async fn serve(
             return;
         }
     };
-    tokio::spawn(async move {
+    let beat = tokio::spawn(async move {
         let mut t = tokio::time::interval(heartbeat);
         loop {
             t.tick().await;
@@ -265,6 +257,8 @@ async fn serve(
         tracing::error!(error = %e, "modbus: server stopped");
         failed.store(true, Ordering::Relaxed);
     }
+    // The runtime is shared: tasks of this sink end with it.
+    beat.abort();
 }
 
 impl Sink for ModbusSink {

@@ -121,14 +121,7 @@ impl MqttSink {
         let thread = std::thread::Builder::new()
             .name("sink-mqtt".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "mqtt: cannot start the runtime");
-                        return;
-                    }
-                };
-                rt.block_on(worker.run(options));
+                crate::asyncrt::runtime().block_on(worker.run(options));
             })
             .context("starting the mqtt sink thread")?;
         Ok(MqttSink { tx, ctl, shared, only_ng, thread: Mutex::new(Some(thread)) })

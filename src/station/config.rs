@@ -520,6 +520,10 @@ mod tests {
             (format!("{BASE}    every_nth: 0\n"), "cameras[0].every_nth"),
             (format!("{BASE}    max_fps: .inf\n"), "cameras[0].max_fps"),
             (format!("{BASE}    threshold: .nan\n"), "cameras[0].threshold"),
+            // 0 and below make every frame anomalous, 1e40 every frame normal: refused, as by `glad inspect`.
+            (format!("{BASE}    threshold: 0\n"), "cameras[0].threshold"),
+            (format!("{BASE}    threshold: -1\n"), "cameras[0].threshold"),
+            (format!("{BASE}    threshold: 1e40\n"), "cameras[0].threshold"),
             (format!("{BASE}scheduler: {{max_batch: 0}}\n"), "scheduler.max_batch"),
             (format!("{BASE}scheduler: {{batch_window_ms: -3}}\n"), "scheduler.batch_window_ms"),
             (format!("{BASE}scheduler: {{backoff_initial_ms: 100, backoff_max_ms: 50}}\n"), "scheduler.backoff_max_ms"),
