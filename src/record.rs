@@ -59,6 +59,16 @@ pub struct FrameRecord {
     /// SHA-256 prefix of the bundle's content (manifest and model files).
     pub bundle_hash: String,
     pub glad_version: String,
+    /// This run of the station (a new one at every start): `seq` starts at 0 again after a
+    /// restart, so a record is identified by `camera` + `run_id` + `seq`.
+    #[serde(default)]
+    pub run_id: String,
+}
+
+/// A run id: the start time (milliseconds since the epoch) and the process id, in hex.
+pub fn new_run_id() -> String {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    format!("{ms:x}-{:x}", std::process::id())
 }
 
 /// What every record of a frame carries whatever happened to it.
@@ -72,6 +82,7 @@ pub struct Origin {
     /// The threshold in force for the camera.
     pub threshold: Option<f32>,
     pub bundle_hash: String,
+    pub run_id: String,
 }
 
 fn ms_since_epoch(t: SystemTime) -> f64 {
@@ -104,6 +115,7 @@ impl FrameRecord {
             stored: Stored::default(),
             bundle_hash: o.bundle_hash,
             glad_version: GLAD_VERSION.to_string(),
+            run_id: o.run_id,
         }
     }
 

@@ -33,6 +33,17 @@ pub fn run(args: RunArgs) -> Result<bool> {
     let config = StationConfig::load(&args.config)?;
     // The same file serves `glad serve`: its `http:` and `service:` sections must be valid too.
     ServeSections::of(&config, &args.config)?;
+    // `glad run` has no HTTP face: a triggered camera can only be triggered by the PLC (Modbus).
+    if config.sinks.modbus.is_none() {
+        if let Some(c) = config.cameras.iter().find(|c| c.trigger) {
+            anyhow::bail!(
+                "{}: camera `{}` has `trigger: true`, but `glad run` has no trigger path without `sinks.modbus` \
+                 (every frame would be discarded): use `glad serve` (POST /api/trigger) or configure sinks.modbus",
+                args.config.display(),
+                c.name
+            );
+        }
+    }
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone()).context("cannot install the signal handler")?;

@@ -101,6 +101,25 @@ struct ValSet {
     names: Vec<PathBuf>,
 }
 
+/// Most memory the validation images may take (their tensors, held for the whole grid).
+const MAX_VALIDATION_BYTES: u64 = 2 << 30;
+
+/// `--anomalies`: at least one (the metrics are undefined without anomalies), and the
+/// validation tensors within [`MAX_VALIDATION_BYTES`].
+fn check_validation_size(normals: usize, anomalies: usize, r: usize) -> Result<()> {
+    if anomalies == 0 {
+        bail!("--anomalies: at least 1 (without anomalies every metric is undefined and no grid point can be chosen)");
+    }
+    let bytes = (normals as u64 + anomalies as u64).saturating_mul(3 * (r as u64) * (r as u64) * 4);
+    if bytes > MAX_VALIDATION_BYTES {
+        let most = (MAX_VALIDATION_BYTES / (3 * (r as u64) * (r as u64) * 4)).saturating_sub(normals as u64);
+        bail!(
+            "--anomalies: {anomalies} anomalies and {normals} normals at {r}x{r} would take {bytes} bytes, over the limit of {MAX_VALIDATION_BYTES}; use at most {most}"
+        );
+    }
+    Ok(())
+}
+
 fn validation_set(
     files: &[PathBuf],
     r: usize,
@@ -166,6 +185,7 @@ pub fn run(args: TuneArgs) -> Result<bool> {
     }
     let textures = args.textures.as_deref().map(TextureDir::open).transpose()?;
     let anomalies = args.anomalies.unwrap_or(files.len());
+    check_validation_size(files.len(), anomalies, r)?;
     let seed = args.params.seed.unwrap_or(settings.config.noise.seed);
     let val = validation_set(&files, r, s, anomalies, textures.as_ref().map(|t| t as &dyn TextureSource), seed)?;
     let n = val.labels.len();

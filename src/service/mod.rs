@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::station::StationConfig;
 use crate::telemetry::StationState;
 
-pub use http::{HttpConfig, HttpServer, HttpSettings};
+pub use http::{BoundHttp, HttpConfig, HttpServer, HttpSettings};
 pub use notify::{Loading, Notifier, Watchdog};
 pub use signals::{Event, SignalListener};
 
@@ -167,6 +167,9 @@ where
 {
     opts.service.validate()?;
     let http = opts.http.resolve()?;
+    // Bound before the models load: a port in use fails now, not after a long load (which
+    // `Restart=on-failure` would repeat).
+    let bound = http::HttpServer::bind(http)?;
     let notifier = Notifier::from_env();
     // Signals first, so a SIGTERM during a long load is not lost (it is acted on once the load returns).
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -199,7 +202,7 @@ where
     }
     let server = match early_stop {
         Some(_) => None,
-        None => match http::HttpServer::start(state.clone(), http, opts.service.heartbeat_max_age()) {
+        None => match http::HttpServer::serve(bound, state.clone(), opts.service.heartbeat_max_age()) {
             Ok(s) => Some(s),
             Err(e) => {
                 loading.finish();

@@ -50,6 +50,11 @@ pub trait Sink: Send + Sync {
     fn health(&self) -> Health {
         Health::Ok
     }
+    /// Records this sink was handed and lost for good (not written, not queued for a retry).
+    /// The results log reports them; `glad run` exits non-zero when any were lost.
+    fn lost(&self) -> u64 {
+        0
+    }
 }
 
 /// What a sink learns about the station it reports for.

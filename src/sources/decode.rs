@@ -69,7 +69,7 @@ pub fn decode_frame(frame: &Frame) -> Result<RgbImage> {
         bail!("empty frame (0 bytes)");
     }
     match frame.format {
-        PixelFormat::Mjpeg => crate::imaging::decode_rgb(&frame.bytes),
+        PixelFormat::Mjpeg | PixelFormat::Encoded => crate::imaging::decode_rgb(&frame.bytes),
         PixelFormat::Yuyv { w, h } => {
             crate::imaging::check_raw_size(w, h, 2)?;
             yuyv_to_rgb(&frame.bytes, w, h)

@@ -21,6 +21,8 @@ pub use reconnect::{run_capture, Backoff, CaptureEvent};
 pub enum PixelFormat {
     /// One JPEG image per frame (size in its header).
     Mjpeg,
+    /// An encoded image file of any format `imaging` decodes (PNG, JPEG, BMP, TIFF): replayed images.
+    Encoded,
     /// Packed YUV 4:2:2 (Y0 U Y1 V), `w * h * 2` bytes.
     Yuyv { w: u32, h: u32 },
     /// Packed 8-bit RGB, `w * h * 3` bytes.
@@ -31,6 +33,7 @@ impl fmt::Display for PixelFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PixelFormat::Mjpeg => write!(f, "MJPEG"),
+            PixelFormat::Encoded => write!(f, "encoded image"),
             PixelFormat::Yuyv { w, h } => write!(f, "YUYV {w}x{h}"),
             PixelFormat::Rgb { w, h } => write!(f, "RGB {w}x{h}"),
         }

@@ -356,6 +356,9 @@ impl CameraConfig {
 }
 
 /// The config's checks (`config::check`) with the file named in front.
+/// Longest camera name.
+pub const MAX_CAMERA_NAME: usize = 64;
+
 struct Check<'a> {
     file: &'a Path,
 }
@@ -369,6 +372,13 @@ impl Check<'_> {
     }
     fn int(&self, key: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
         self.named(check::int(&format!("key `{key}`"), v, lo, hi))
+    }
+    /// A frame rate: 0 (as fast as frames come) or 0.001 ..= `hi` (a period that fits a `Duration`).
+    fn fps(&self, key: &str, v: f64, hi: f64) -> Result<()> {
+        if v == 0.0 {
+            return Ok(());
+        }
+        self.num(key, v, 0.001, hi).map_err(|e| anyhow::anyhow!("{e:#} (or 0)"))
     }
     fn fail(&self, key: &str, msg: impl std::fmt::Display) -> anyhow::Error {
         anyhow::anyhow!("{}: key `{key}`: {msg}", self.file.display())
@@ -421,6 +431,8 @@ impl StationConfig {
         ck.int("results.jsonl_max_bytes", r.jsonl_max_bytes, 1024, u64::MAX)?;
         ck.int("results.jsonl_keep", r.jsonl_keep as u64, 0, 10_000)?;
         ck.int("results.quota_bytes", r.quota_bytes, 1, u64::MAX)?;
+        // Checked against the file system's size when the store opens; this bounds typos.
+        ck.int("results.min_free_bytes", r.min_free_bytes, 0, 1 << 50)?;
         if self.cameras.is_empty() {
             return Err(ck.fail("cameras", "at least one camera"));
         }
@@ -430,20 +442,24 @@ impl StationConfig {
             if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
                 return Err(ck.fail(&k("name"), format!("`{}`: use letters, digits, - and _", c.name)));
             }
+            // Camera names go into file names of stored images (with a time stamp and a suffix).
+            if c.name.len() > MAX_CAMERA_NAME {
+                return Err(ck.fail(&k("name"), format!("{} characters, at most {MAX_CAMERA_NAME}", c.name.len())));
+            }
             if !names.insert(c.name.clone()) {
                 return Err(ck.fail(&k("name"), format!("camera `{}` is defined twice", c.name)));
             }
             match &c.source {
-                SourceConfig::Replay { fps, .. } => ck.num(&k("source.replay.fps"), *fps, 0.0, 10_000.0)?,
+                SourceConfig::Replay { fps, .. } => ck.fps(&k("source.replay.fps"), *fps, 10_000.0)?,
                 SourceConfig::V4l2 { width, height, fps, .. } => {
                     ck.int(&k("source.v4l2.width"), *width as u64, 1, 16384)?;
                     ck.int(&k("source.v4l2.height"), *height as u64, 1, 16384)?;
-                    ck.num(&k("source.v4l2.fps"), *fps, 0.0, 1000.0)?;
+                    ck.fps(&k("source.v4l2.fps"), *fps, 1000.0)?;
                 }
                 SourceConfig::Fake { width, height, fps, format, faults, .. } => {
                     ck.int(&k("source.fake.width"), *width as u64, 2, 16384)?;
                     ck.int(&k("source.fake.height"), *height as u64, 1, 16384)?;
-                    ck.num(&k("source.fake.fps"), *fps, 0.0, 10_000.0)?;
+                    ck.fps(&k("source.fake.fps"), *fps, 10_000.0)?;
                     if *format == Fourcc::Yuyv && width % 2 != 0 {
                         return Err(ck.fail(&k("source.fake.width"), "YUYV needs an even width"));
                     }
@@ -524,6 +540,13 @@ mod tests {
             (format!("{BASE}    threshold: 0\n"), "cameras[0].threshold"),
             (format!("{BASE}    threshold: -1\n"), "cameras[0].threshold"),
             (format!("{BASE}    threshold: 1e40\n"), "cameras[0].threshold"),
+            // A period of 1e20 s overflows a Duration (the camera thread panicked).
+            (BASE.replace("fps: 5", "fps: 1e-20"), "cameras[0].source.replay.fps"),
+            (BASE.replace("name: cam0", &format!("name: {}", "c".repeat(65))), "cameras[0].name"),
+            (
+                format!("{BASE}results: {{dir: x, min_free_bytes: 1000000000000000000}}\n").replace("results: {dir: out/x}\n", ""),
+                "results.min_free_bytes",
+            ),
             (format!("{BASE}scheduler: {{max_batch: 0}}\n"), "scheduler.max_batch"),
             (format!("{BASE}scheduler: {{batch_window_ms: -3}}\n"), "scheduler.batch_window_ms"),
             (format!("{BASE}scheduler: {{backoff_initial_ms: 100, backoff_max_ms: 50}}\n"), "scheduler.backoff_max_ms"),

@@ -90,6 +90,8 @@ struct Cam {
     bundle_hash: String,
     /// What the threshold rule needs to know about this camera's engine (for reloads).
     facts: EngineFacts,
+    /// This run of the station (records: `camera` + `run_id` + `seq` identify a frame).
+    run_id: String,
     done: AtomicBool,
 }
 
@@ -97,7 +99,15 @@ impl Cam {
     /// What a record of `frame` carries, with the threshold in force now.
     fn origin(&self, seq: u64, t_capture: SystemTime, dropped: u64) -> Origin {
         let threshold = self.settings.read().expect("settings lock").threshold();
-        Origin { camera: self.name.clone(), seq, t_capture, dropped, threshold, bundle_hash: self.bundle_hash.clone() }
+        Origin {
+            camera: self.name.clone(),
+            seq,
+            t_capture,
+            dropped,
+            threshold,
+            bundle_hash: self.bundle_hash.clone(),
+            run_id: self.run_id.clone(),
+        }
     }
 
     fn take(&self) -> Option<Queued> {
@@ -502,7 +512,8 @@ fn open_sinks(config: &StationConfig, state: &Arc<StationState>, opts: StartOpti
         quota_bytes: results.quota_bytes,
         min_free_bytes: results.min_free_bytes,
     })?);
-    let jsonl: Arc<dyn Sink> = Arc::new(JsonlSink::new(&results.dir, results.jsonl_max_bytes, results.jsonl_keep, opts.stdout)?);
+    let jsonl: Arc<dyn Sink> =
+        Arc::new(JsonlSink::with_state(&results.dir, results.jsonl_max_bytes, results.jsonl_keep, opts.stdout, Some(state.clone()))?);
     let mut sinks = vec![jsonl];
     let ctx = SinkContext {
         station: config.name.clone(),
@@ -561,16 +572,19 @@ fn open_sources(config: &StationConfig) -> Result<Vec<Box<dyn FrameSource>>> {
 }
 
 /// A camera as the scheduler holds it, its threshold resolved against its engine.
-fn new_cam(c: &CameraConfig, loaded: &LoadedEngine) -> Result<Cam> {
+fn new_cam(c: &CameraConfig, loaded: &LoadedEngine, run_id: &str) -> Result<Cam> {
     Ok(Cam {
         name: c.name.clone(),
-        policy: c.policy,
+        // A triggered frame is a part that must be inspected: queued, never replaced in the
+        // live mailbox (the trigger book bounds how many wait).
+        policy: if c.trigger { Policy::Lossless } else { c.policy },
         trigger: c.trigger,
         settings: RwLock::new(CamSettings::from_config(c, &loaded.facts)?),
         live: Mutex::new(None),
         queue: bounded(c.queue),
         bundle_hash: loaded.bundle_hash.clone(),
         facts: loaded.facts.clone(),
+        run_id: run_id.to_string(),
         done: AtomicBool::new(false),
     })
 }
@@ -590,6 +604,8 @@ impl Station {
         let recorded = Arc::new(AtomicU64::new(0));
         let active = Arc::new(AtomicUsize::new(config.cameras.len()));
         let engines = groups.len();
+        let run_id = crate::record::new_run_id();
+        tracing::info!(run_id = %run_id, "station run id (records: camera + run_id + seq identify a frame)");
         let mut cams = BTreeMap::new();
         let (mut cameras, mut workers) = (Vec::new(), Vec::new());
         for (gi, loaded) in groups.into_iter().enumerate() {
@@ -597,7 +613,7 @@ impl Station {
                 .cameras
                 .iter()
                 .map(|&i| {
-                    let cam = Arc::new(new_cam(&config.cameras[i], &loaded)?);
+                    let cam = Arc::new(new_cam(&config.cameras[i], &loaded, &run_id)?);
                     cams.insert(cam.name.clone(), cam.clone());
                     Ok(cam)
                 })
@@ -754,14 +770,21 @@ impl Station {
             }
         }
         self.state.ready.store(false, Ordering::Release);
+        let lost: Vec<(String, u64)> = self.sinks.iter().map(|s| (s.name().to_string(), s.lost())).filter(|(_, n)| *n > 0).collect();
+        let log_lost = lost.iter().find(|(n, _)| n == "jsonl").map_or(0, |l| l.1);
         tracing::info!(
             captured = self.captured.load(Ordering::Relaxed),
-            recorded = self.recorded.load(Ordering::Relaxed),
+            recorded = self.recorded.load(Ordering::Relaxed).saturating_sub(log_lost),
+            lost = log_lost,
             seconds = t0.elapsed().as_secs_f64(),
             "station stopped"
         );
+        if !lost.is_empty() {
+            let what: Vec<String> = lost.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+            failures.push(format!("records were lost ({})", what.join(", ")));
+        }
         if !failures.is_empty() {
-            bail!("flushing sinks: {}", failures.join("; "));
+            bail!("stopping the station: {}", failures.join("; "));
         }
         Ok(())
     }

@@ -125,6 +125,8 @@ pub struct StationState {
     /// Component → reason, for everything working in a degraded way (disk full, broker away).
     degraded: Mutex<BTreeMap<String, String>>,
     recent: Mutex<VecDeque<Arc<FrameRecord>>>,
+    /// The same, per camera: a quiet camera keeps its history while a busy one streams.
+    recent_by_camera: Mutex<BTreeMap<String, VecDeque<Arc<FrameRecord>>>>,
     recent_cap: usize,
 }
 
@@ -153,6 +155,7 @@ impl StationState {
             ready: AtomicBool::new(false),
             degraded: Mutex::new(BTreeMap::new()),
             recent: Mutex::new(VecDeque::new()),
+            recent_by_camera: Mutex::new(BTreeMap::new()),
             recent_cap: recent_cap.max(1),
         }
     }
@@ -163,6 +166,14 @@ impl StationState {
         if let Some(cam) = self.cameras.get(&rec.camera) {
             *cam.latest.lock().expect("latest lock") = Some(result.clone());
         }
+        {
+            let mut by = self.recent_by_camera.lock().expect("recent lock");
+            let ring = by.entry(rec.camera.clone()).or_default();
+            if ring.len() == self.recent_cap {
+                ring.pop_front();
+            }
+            ring.push_back(rec.clone());
+        }
         let mut recent = self.recent.lock().expect("recent lock");
         if recent.len() == self.recent_cap {
             recent.pop_front();
@@ -172,7 +183,13 @@ impl StationState {
 
     /// The newest records, oldest first, filtered by camera and by `seq > since`.
     pub fn recent(&self, camera: Option<&str>, since: Option<u64>, limit: usize) -> Vec<Arc<FrameRecord>> {
-        let recent = self.recent.lock().expect("recent lock");
+        let by = self.recent_by_camera.lock().expect("recent lock");
+        let all = self.recent.lock().expect("recent lock");
+        let empty = VecDeque::new();
+        let recent = match camera {
+            Some(c) => by.get(c).unwrap_or(&empty),
+            None => &*all,
+        };
         let mut out: Vec<Arc<FrameRecord>> = recent
             .iter()
             .rev()
@@ -234,5 +251,32 @@ mod tests {
         assert_eq!(h.stale(Duration::from_millis(20)), vec!["cam0".to_string()]);
         h.unregister("cam0");
         assert!(h.stale(Duration::from_millis(20)).is_empty());
+    }
+
+    /// `/api/results?camera=quiet` keeps the quiet camera's records while a busy camera fills
+    /// the shared ring.
+    #[test]
+    fn a_quiet_camera_keeps_its_recent_records() {
+        use crate::record::Origin;
+        let st = StationState::new(&[("quiet".into(), false), ("busy".into(), false)], 4);
+        let rec = |camera: &str, seq| {
+            let o = Origin {
+                camera: camera.into(),
+                seq,
+                t_capture: std::time::SystemTime::now(),
+                dropped: 0,
+                threshold: None,
+                bundle_hash: String::new(),
+                run_id: String::new(),
+            };
+            FrameResult { record: Arc::new(FrameRecord::error(o, "decode", "x")), input: None, heatmap: None }
+        };
+        st.publish(&rec("quiet", 7));
+        for i in 0..10 {
+            st.publish(&rec("busy", i));
+        }
+        assert_eq!(st.recent(Some("quiet"), None, 10).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(st.recent(Some("busy"), None, 10).len(), 4);
+        assert_eq!(st.recent(None, None, 10).len(), 4);
     }
 }

@@ -217,6 +217,7 @@ fn publish(s: &Shared, camera: &str, seq: u64, sample: Option<&Sample>, t0: Inst
         stored: Stored::default(),
         bundle_hash: "fakebrick0001".into(),
         glad_version: env!("CARGO_PKG_VERSION").into(),
+        run_id: String::new(),
     };
     let label = match verdict {
         Some(Verdict::Normal) => "normal",
