@@ -106,7 +106,7 @@ fn main() {
     let frames = tmp.path().join("frames");
     std::fs::create_dir_all(&frames).unwrap();
     // Replay the brick test images (as MJPEG) so decode is a real JPEG decode.
-    let src: Vec<PathBuf> = glad_edge::sources::sorted_images(&root.join("data/textures/brick/test")).unwrap();
+    let src: Vec<PathBuf> = glad_edge::files::sorted_images(&root.join("data/textures/brick/test")).unwrap();
     for i in 0..n {
         let img: RgbImage = glad_edge::imaging::load_rgb(&src[i % src.len()]).unwrap();
         img.save(frames.join(format!("{i:04}.jpg"))).unwrap();

@@ -173,15 +173,39 @@ pub fn load_luma(path: &Path) -> Result<image::GrayImage> {
     Ok(decode(&read_image_file(path, &limits)?, path, &limits)?.to_luma8())
 }
 
-/// Decodes an encoded image held in memory (a camera's MJPEG frame, a replayed file) the
-/// same way as `load_rgb`, without EXIF orientation (camera frames carry none).
+/// Decodes an encoded image held in memory (a camera's MJPEG frame, a replayed file) through
+/// the same [`decode`] as files: the process's [`limits`], truncation checks, EXIF orientation.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .context("cannot read image bytes")?
-        .decode()
-        .map_err(|e| anyhow::anyhow!("cannot decode image: {e}"))?;
-    Ok(to_rgb(img))
+    let limits = limits();
+    Ok(to_rgb(decode(bytes, Path::new("frame"), &limits)?))
+}
+
+/// The checks [`decode`] makes on an encoded image's size, for raw frames (YUYV, RGB) whose
+/// size the source declares: not empty, within `limits.max_image_side` and
+/// `limits.max_image_bytes`.
+pub fn check_raw_size(w: u32, h: u32, bytes_per_pixel: u64) -> Result<()> {
+    let limits = limits();
+    if w == 0 || h == 0 {
+        bail!("frame is {w}x{h}");
+    }
+    let side = limits.max_image_side;
+    if w > side || h > side {
+        bail!("frame is {w}x{h}, over `limits.max_image_side` ({side})");
+    }
+    let need = w as u64 * h as u64 * (bytes_per_pixel + 3);
+    if need > limits.max_image_bytes {
+        bail!("frame is {w}x{h} ({need} bytes to convert), over `limits.max_image_bytes` ({})", limits.max_image_bytes);
+    }
+    Ok(())
+}
+
+/// Crops `width x height` at `(x, y)` out of `img`; a rectangle outside the image is an error.
+pub fn crop(img: RgbImage, x: u32, y: u32, width: u32, height: u32) -> Result<RgbImage> {
+    let (w, h) = img.dimensions();
+    if x as u64 + width as u64 > w as u64 || y as u64 + height as u64 > h as u64 {
+        bail!("ROI {width}x{height}+{x}+{y} is outside the {w}x{h} frame");
+    }
+    Ok(image::imageops::crop_imm(&img, x, y, width, height).to_image())
 }
 
 /// The `(width, height)` in an encoded image's header, without decoding the pixels.

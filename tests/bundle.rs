@@ -177,3 +177,18 @@ fn engine_cache_is_keyed_by_content_and_external_weights() {
     std::fs::write(copy.join("unet.weights.bin"), w).unwrap();
     assert_ne!(glad_edge::runtime::engine_cache_dir(&cache, &copy.join("unet.onnx")).unwrap(), a);
 }
+
+/// A bundle's own calibration passes the threshold check every other threshold passes:
+/// NaN, infinities, 0, negatives and absurdly large values are refused when the bundle loads.
+#[test]
+fn a_bundle_calibration_with_a_bad_threshold_is_refused() {
+    for bad in [".nan", ".inf", "1e40", "0", "-1"] {
+        let d = broken_bundle(|t| {
+            format!(
+                "{t}\ncalibration:\n  threshold: {bad}\n  rule: max\n  normal_count: 3\n  normal_mean: 0.1\n  normal_std: 0.01\n  normal_max: 0.12\n"
+            )
+        });
+        let msg = refusal(d.path());
+        assert!(msg.contains("calibration.threshold"), "{bad}: {msg}");
+    }
+}

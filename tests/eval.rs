@@ -151,3 +151,21 @@ fn eval_writes_the_adp_trace_when_asked() {
         assert_eq!(pairs.last().unwrap().0.to_string(), cells[5], "{row}");
     }
 }
+
+/// A class that cannot run (here: no test images) does not lose the metrics of the classes
+/// done before it: metrics.json holds them, the failed class is listed, the exit status is 2.
+#[test]
+fn eval_keeps_finished_classes_when_a_later_class_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_dataset(tmp.path());
+    std::fs::create_dir_all(ds.join("zz_broken/test")).unwrap();
+    let out = tmp.path().join("out");
+    let o = eval(&ds, &out, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("zz_broken"), "{stderr}");
+    check_metrics(&out, 8);
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m[1]["class"], "zz_broken");
+    assert_eq!(m[1]["images"], 0);
+}

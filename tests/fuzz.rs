@@ -7,10 +7,11 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use glad_edge::bundle::{parse_yaml, Manifest};
+use glad_edge::bundle::Manifest;
 use glad_edge::config::Config;
 use glad_edge::glad::ParamOverrides;
 use glad_edge::imaging::{self, ImageLimits};
+use glad_edge::yaml::parse_yaml;
 use image::{ImageFormat, Rgb, RgbImage};
 use proptest::prelude::*;
 

@@ -216,3 +216,20 @@ fn bundle_calibration_gives_verdicts_only_with_its_settings() {
     assert!(v["verdict"].is_null(), "{v}");
     assert!(err.contains("calibration is not applied"), "{err}");
 }
+
+/// `--anomalies 0` (metrics undefined) and a count whose tensors would not fit in memory are
+/// refused with a clear message instead of choosing on undefined metrics or aborting.
+#[test]
+fn tune_refuses_no_anomalies_and_oversized_validation_sets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let val = tmp.path().join("val");
+    std::fs::create_dir_all(&val).unwrap();
+    for n in ["000.png", "001.png", "002.png", "003.png"] {
+        std::fs::copy(root().join("data/textures/brick/validation/good").join(n), val.join(n)).unwrap();
+    }
+    for (n, want) in [("0", "at least 1"), ("1000000", "over the limit")] {
+        let o = glad().args(["tune", "--bundle", "onnx/tiny", "--images"]).arg(&val).args(["--anomalies", n]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("--anomalies") && err.contains(want), "{n}: {err}");
+    }
+}

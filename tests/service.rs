@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glad_edge::service::{self, HttpConfig, HttpServer, ServeOptions};
 use glad_edge::sinks::{FrameRecord, FrameResult, Stored, Verdict};
-use glad_edge::station::StationState;
+use glad_edge::telemetry::StationState;
 use service_fake::{FakeConfig, FakeOptions, FakeStation, CONTINUOUS, TRIGGERED};
 
 const TOKEN: &str = "s3cret-trigger-token-0123";
@@ -116,6 +116,7 @@ fn record(camera: &str, seq: u64, score: Option<f32>) -> FrameRecord {
         stored: Stored::default(),
         bundle_hash: "abc".into(),
         glad_version: "0".into(),
+        run_id: String::new(),
     }
 }
 
@@ -779,4 +780,91 @@ fn install_script_dry_run_writes_nothing_and_a_real_run_into_a_root_installs() {
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(std::fs::read_to_string(root.join("etc/glad/station.yaml")).unwrap(), "# edited\n");
     assert!(text.contains("keeping"), "{text}");
+}
+
+// ---------------------------------------------------------------- bounded HTTP
+
+/// A port already in use is found before the station loads anything (under
+/// `Restart=on-failure` a late failure would reload the models in a loop).
+#[test]
+fn a_port_in_use_fails_before_the_station_loads() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = HttpConfig { bind: taken.local_addr().unwrap().to_string(), ..HttpConfig::default() };
+    let opts = ServeOptions { config_path: PathBuf::from("unused.yaml"), service: Default::default(), http };
+    let loaded = std::sync::atomic::AtomicBool::new(false);
+    let r = service::serve(opts, |_| -> anyhow::Result<FakeStation> {
+        loaded.store(true, Ordering::Relaxed);
+        anyhow::bail!("must not be reached")
+    });
+    let e = format!("{:#}", r.unwrap_err());
+    assert!(e.contains("http.bind") && e.contains("cannot listen"), "{e}");
+    assert!(!loaded.load(Ordering::Relaxed), "the station was started before the port was checked");
+}
+
+/// A connection that stays silent is closed after the idle timeout; the server keeps
+/// answering others.
+#[test]
+fn silent_connections_are_closed_after_the_idle_timeout() {
+    let state = Arc::new(StationState::new(&[("cam0".into(), false)], 8));
+    let bound = HttpServer::bind(loopback(None)).unwrap();
+    let server = HttpServer::serve_with_idle(bound, state, Duration::from_secs(5), Duration::from_millis(300)).unwrap();
+    let a = server.addr();
+    let mut silent: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(a).unwrap()).collect();
+    let t0 = Instant::now();
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(4), "closed after about the idle timeout, took {:?}", t0.elapsed());
+    assert_eq!(get(a, "/healthz").status, 200);
+    server.shutdown(Duration::from_secs(2));
+}
+
+/// `promtool check metrics` (Prometheus's own linter, Debian package `prometheus`) passes on
+/// `/metrics` as a Prometheus scraper or `curl | promtool` asks for it; the OpenMetrics answer
+/// stays the default.
+#[test]
+fn metrics_pass_promtool_check_metrics() {
+    let promtool = std::env::var_os("PROMTOOL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("promtool"));
+    if Command::new(&promtool).arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "promtool is missing on CI (apt-get install prometheus)");
+        eprintln!("SKIPPED: `promtool` is not installed (apt-get install prometheus)");
+        return;
+    }
+    let fake =
+        FakeStation::start(FakeOptions { threshold: 0.5, period: Duration::from_millis(20), error_every: Some(3), ..Default::default() });
+    let state = service::StationLifecycle::state(&fake);
+    let server = HttpServer::start(state.clone(), loopback(None), Duration::from_secs(5)).unwrap();
+    let t0 = Instant::now();
+    while state.recent(Some(CONTINUOUS), None, 10).len() < 6 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the fake publishes nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for accept in ["*/*", "text/plain;version=0.0.4"] {
+        let r = request(server.addr(), "GET", "/metrics", &[("Accept", accept)]);
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-type").starts_with("text/plain; version=0.0.4"), "{}", r.header("content-type"));
+        let text = r.text();
+        assert!(text.contains("glad_frames_total{"), "{text}");
+        let mut child = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(get(server.addr(), "/metrics").header("content-type").starts_with("application/openmetrics-text"));
+    server.shutdown(Duration::from_secs(2));
+    service::StationLifecycle::shutdown(fake, Duration::from_secs(2)).unwrap();
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::record;
 use glad_edge::sinks::{FrameRecord, FrameResult, ModbusConfig, Sink, SinkContext};
-use glad_edge::station::StationState;
+use glad_edge::telemetry::StationState;
 use tokio_modbus::prelude::*;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -105,4 +105,32 @@ fn registers_trigger_coils_and_exceptions() {
     drop(sink);
     // The port is released when the sink goes.
     assert!(std::net::TcpListener::bind(addr).is_ok());
+}
+
+/// The coil of a camera that streams continuously is refused as HTTP refuses it (409 there,
+/// an illegal data value here); quantities outside the protocol's limits are illegal data
+/// values (0x03), not addresses; a full trigger queue answers "busy" and loses nothing.
+#[test]
+fn continuous_camera_coils_bad_quantities_and_full_trigger_queues_are_refused() {
+    let cams = vec!["cont".to_string(), "trig".to_string()];
+    let state = Arc::new(StationState::new(&[("cont".into(), false), ("trig".into(), true)], 8));
+    let mut cfg = ModbusConfig::new(0, &[]);
+    cfg.cameras = None;
+    let ctx = SinkContext { station: "st".into(), cameras: cams, state: Some(state.clone()) };
+    let sink = cfg.build(&ctx).unwrap();
+    let addr = sink.local_addr();
+    rt().block_on(async {
+        let mut c = tokio::time::timeout(Duration::from_secs(5), tcp::connect(addr)).await.unwrap().unwrap();
+        assert_eq!(c.write_single_coil(0, true).await.unwrap(), Err(ExceptionCode::IllegalDataValue));
+        assert_eq!(state.triggers.pending("cont"), 0);
+        assert_eq!(c.read_holding_registers(0, 0).await.unwrap(), Err(ExceptionCode::IllegalDataValue));
+        assert_eq!(c.read_holding_registers(0, 126).await.unwrap(), Err(ExceptionCode::IllegalDataValue));
+        // Fill the trigger queue of `trig`; the next rising edge is refused and counted nowhere.
+        for _ in 0..glad_edge::telemetry::trigger::MAX_PENDING {
+            state.triggers.fire("trig").unwrap();
+        }
+        assert_eq!(c.write_single_coil(1, true).await.unwrap(), Err(ExceptionCode::ServerDeviceBusy));
+        assert_eq!(c.read_coils(1, 1).await.unwrap().unwrap(), vec![false], "the coil stays clear so the PLC can retry");
+        assert_eq!(state.triggers.pending("trig"), glad_edge::telemetry::trigger::MAX_PENDING);
+    });
 }

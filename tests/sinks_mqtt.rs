@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, record, wait_until};
 use glad_edge::sinks::{FrameRecord, Health, MqttConfig, MqttSink, Sink, SinkContext};
-use glad_edge::station::StationState;
+use glad_edge::telemetry::StationState;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 fn mosquitto() -> Option<PathBuf> {

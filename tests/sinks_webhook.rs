@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::record;
 use glad_edge::sinks::{FrameRecord, Health, Sink, SinkContext, WebhookConfig};
-use glad_edge::station::StationState;
+use glad_edge::telemetry::StationState;
 
 #[derive(Debug, Clone)]
 struct Req {

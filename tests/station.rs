@@ -408,8 +408,8 @@ fn station_record_has_every_field_and_ng_frames_are_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let frames = images_dir(tmp.path(), 3, false);
     let results = tmp.path().join("results");
-    // threshold 0: every frame is NG, so every frame is stored.
-    let cfg = config(&station_yaml(&results, &frames, "    threshold: 0.0\n    policy: lossless\n", 0.0, false));
+    // threshold 1e-6 (0 is refused, as by `glad inspect`): every frame is NG, so every frame is stored.
+    let cfg = config(&station_yaml(&results, &frames, "    threshold: 0.000001\n    policy: lossless\n", 0.0, false));
     let t_start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() * 1e3;
     let (recs, metrics) = run_until_sources_end(cfg, Duration::from_secs(40));
     assert_eq!(recs.len(), 3);
@@ -444,7 +444,7 @@ fn station_record_has_every_field_and_ng_frames_are_stored() {
         assert!(l["t_capture_ms"].as_f64().unwrap() >= t_start - 1.0);
         assert!(l["latency_ms"].as_f64().unwrap() > 0.0);
         assert_eq!(l["verdict"], "anomalous");
-        assert_eq!(l["threshold"], 0.0);
+        assert_eq!(l["threshold"], 1e-6);
         assert!(l["adp_step"].is_null(), "ADP is off");
         assert!(l["times_ms"]["engine_ms"].as_f64().unwrap() > 0.0);
         assert_eq!(l["bundle_hash"], hash.as_str());
@@ -506,7 +506,7 @@ fn station_cameras_sharing_a_bundle_share_an_engine_and_reload_applies_settings(
     let station = Station::start(config(&text), StartOptions { stdout: false, extra_sinks: vec![sink.clone()] }).unwrap();
     assert_eq!(station.engines(), 1, "two cameras on the same bundle and parameters share one engine");
     // Reload: a new threshold and ROI apply without a restart.
-    let changed = text.replacen("threshold: 1.0", "threshold: 0.0\n    roi: {x: 0, y: 0, width: 32, height: 32}", 1);
+    let changed = text.replacen("threshold: 1.0", "threshold: 0.000001\n    roi: {x: 0, y: 0, width: 32, height: 32}", 1);
     let what = station.reload(config(&changed)).unwrap();
     assert_eq!(what, vec!["cameras.cam0.threshold".to_string(), "cameras.cam0.roi".to_string()]);
     // A changed bundle needs a restart: refused, the old config stays.
@@ -514,14 +514,14 @@ fn station_cameras_sharing_a_bundle_share_an_engine_and_reload_applies_settings(
     assert!(station.reload(config(&bad)).unwrap_err().to_string().contains("bundle"));
     assert_eq!(station.config(), config(&changed));
     let t0 = Instant::now();
-    let seen = |sink: &Collect| sink.0.lock().unwrap().iter().any(|r| r.record.camera == "cam0" && r.record.threshold == Some(0.0));
+    let seen = |sink: &Collect| sink.0.lock().unwrap().iter().any(|r| r.record.camera == "cam0" && r.record.threshold == Some(1e-6));
     while !seen(&sink) && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }
     station.shutdown(Duration::from_secs(5)).unwrap();
     let all = sink.0.lock().unwrap();
-    let r = all.iter().rev().find(|r| r.record.camera == "cam0" && r.record.threshold == Some(0.0)).expect("a record after the reload");
-    assert_eq!(r.record.verdict, Some(Verdict::Anomalous));
+    let r = all.iter().rev().find(|r| r.record.camera == "cam0" && r.record.threshold == Some(1e-6)).expect("a record after the reload");
+    assert_eq!(r.record.verdict, Some(Verdict::Anomalous), "{:?}", r.record);
     assert_eq!(r.input.as_ref().unwrap().dimensions(), (32, 32), "the new ROI applies");
     assert!(all.iter().any(|r| r.record.camera == "cam1"));
 }
@@ -548,6 +548,7 @@ fn result(seq: u64, img: &RgbImage, ng: bool) -> FrameResult {
         stored: Stored::default(),
         bundle_hash: "x".into(),
         glad_version: "0".into(),
+        run_id: String::new(),
     };
     FrameResult { record: Arc::new(rec), input: Some(Arc::new(img.clone())), heatmap: Some(Arc::new(img.clone())) }
 }
@@ -611,7 +612,7 @@ fn station_disk_full_keeps_inspecting_marks_not_stored_and_degraded() {
     std::fs::write(disk.0.join("filler"), vec![7u8; 52 * 1024]).unwrap();
     let frames = images_dir(tmp.path(), 3, true);
     let results = disk.0.join("results");
-    let cfg = config(&station_yaml(&results, &frames, "    threshold: 0.0\n    policy: lossless\n", 0.0, false));
+    let cfg = config(&station_yaml(&results, &frames, "    threshold: 0.000001\n    policy: lossless\n", 0.0, false));
     let sink = Arc::new(Collect::default());
     let station = Station::start(cfg, StartOptions { stdout: false, extra_sinks: vec![sink.clone()] }).unwrap();
     let t0 = Instant::now();
@@ -702,7 +703,7 @@ fn station_example_config_is_valid_and_its_paths_exist() {
     assert!(root().join(&cam.bundle).join("bundle.yaml").is_file());
     match &cam.source {
         glad_edge::station::config::SourceConfig::Replay { path, .. } => {
-            assert!(!glad_edge::sources::sorted_images(&root().join(path)).unwrap().is_empty())
+            assert!(!glad_edge::files::sorted_images(&root().join(path)).unwrap().is_empty())
         }
         other => panic!("the example should replay: {other:?}"),
     }
@@ -782,4 +783,177 @@ fn station_fake_camera_faults_show_in_metrics_records_and_state() {
     assert!(recs.iter().filter(|r| r.record.ok).count() >= 10, "the stream went on");
     assert_eq!(log_lines("cam-faulty", "camera lost, reconnecting"), 3, "one per loss: EIO, unplug, stall");
     assert_eq!(log_lines("cam-faulty", "camera streaming again"), 3);
+}
+
+// ---------------------------------------------------------------- one path, nothing lost
+
+/// A JPEG with an EXIF APP1 segment giving `orientation`, inserted after SOI.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes()); // IFD at 8
+    tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
+    let mut b = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut b, 95).encode_image(img).unwrap();
+    b
+}
+
+/// Replayed files go through the decoder `glad inspect` uses: a truncated JPEG is an error
+/// record (never a verdict), EXIF orientation is honoured, an empty raw frame is refused.
+#[test]
+fn station_replay_decodes_like_inspect_truncation_exif_and_empty_frames() {
+    use glad_edge::sources::decode::decode_frame;
+    use glad_edge::sources::{Frame, PixelFormat};
+    let frame =
+        |format, bytes: Vec<u8>| Frame { camera: "c".into(), seq: 0, t_capture: std::time::SystemTime::now(), format, bytes: bytes.into() };
+    let img = RgbImage::from_fn(48, 24, |x, y| Rgb([(x * 5) as u8, (y * 9) as u8, 77]));
+    let jpeg = jpeg_bytes(&img);
+    let cut = jpeg[..jpeg.len() - 40].to_vec();
+    let e = format!("{:#}", decode_frame(&frame(PixelFormat::Encoded, cut.clone())).unwrap_err());
+    assert!(e.contains("truncated"), "{e}");
+    let rotated = with_exif_orientation(&jpeg, 6);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("r.jpg"), &rotated).unwrap();
+    let from_file = glad_edge::imaging::load_rgb(&tmp.path().join("r.jpg")).unwrap();
+    let from_frame = decode_frame(&frame(PixelFormat::Mjpeg, rotated)).unwrap();
+    assert_eq!(from_frame.dimensions(), (24, 48), "orientation 6 turns the image");
+    assert_eq!(from_frame, from_file, "the station decodes as inspect does");
+    for (w, h, n) in [(0, 0, 0usize), (2, 2, 0), (0, 4, 8)] {
+        assert!(decode_frame(&frame(PixelFormat::Yuyv { w, h }, vec![16; n])).is_err(), "{w}x{h} with {n} bytes");
+    }
+    // End to end: the truncated JPEG in a replay folder gets an error record, the good one a verdict.
+    let frames = tmp.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::write(frames.join("0.jpg"), &jpeg).unwrap();
+    std::fs::write(frames.join("1.jpg"), &cut).unwrap();
+    let cfg = config(&station_yaml(&tmp.path().join("r"), &frames, "    threshold: 1.0\n    policy: lossless\n", 0.0, false));
+    let (mut recs, _) = run_until_sources_end(cfg, Duration::from_secs(40));
+    recs.sort_by_key(|r| r.seq);
+    assert_eq!(recs.len(), 2);
+    assert!(recs[0].ok && recs[0].verdict.is_some(), "{:?}", recs[0]);
+    assert!(!recs[1].ok && recs[1].verdict.is_none() && recs[1].error.as_deref().unwrap().contains("truncated"), "{:?}", recs[1]);
+}
+
+/// A replay entry must be a regular file: a recording pointing at /dev/zero is refused at
+/// start instead of being read until memory runs out.
+#[test]
+fn station_replay_refuses_device_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = tmp.path().join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    std::fs::write(rec.join("index.yaml"), "format: mjpeg\nwidth: 8\nheight: 8\nframes: [/dev/zero]\n").unwrap();
+    let e = match glad_edge::sources::replay::ReplaySource::open_path("c", &rec, 1.0, false) {
+        Ok(_) => panic!("/dev/zero was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+}
+
+/// A station calibration made with other settings is refused at start, as `glad inspect`
+/// refuses it.
+#[test]
+fn station_refuses_a_calibration_made_with_other_settings() {
+    use glad_edge::config::{CalibratedWith, Calibration, Config, NoiseConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = images_dir(tmp.path(), 1, false);
+    let m = glad_edge::bundle::Manifest::read(&root().join("onnx/tiny")).unwrap();
+    let params = m.defaults.resolve(m.models.backbone.resolution).unwrap();
+    let cal = Calibration {
+        threshold: 0.5,
+        rule: "max".into(),
+        normal_count: 3,
+        normal_mean: 0.1,
+        normal_std: 0.01,
+        normal_max: 0.12,
+        settings: Some(CalibratedWith { bundle: "another-bundle".into(), params, noise: NoiseConfig::default() }),
+    };
+    let path = tmp.path().join("cal.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&Config { calibration: Some(cal), ..Default::default() }).unwrap()).unwrap();
+    let cfg = config(&station_yaml(&tmp.path().join("r"), &frames, &format!("    calibration: {}\n", path.display()), 0.0, false));
+    let e = match Station::start(cfg, StartOptions::default()) {
+        Ok(_) => panic!("a calibration of another bundle was applied"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("calibrated with other settings") && e.contains("another-bundle"), "{e}");
+}
+
+/// results.jsonl deleted (and its folder removed) while running: the log is opened anew and
+/// later records land in it.
+#[test]
+fn station_results_log_deleted_while_running_is_reopened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = images_dir(tmp.path(), 2, false);
+    let results = tmp.path().join("results");
+    let cfg = config(&station_yaml(&results, &frames, "    threshold: 1.0\n    policy: lossless\n", 20.0, true));
+    let station = Station::start(cfg, StartOptions::default()).unwrap();
+    let log = results.join("results.jsonl");
+    let lines = |p: &Path| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
+    let t0 = Instant::now();
+    while lines(&log) < 2 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(&results).unwrap();
+    let t0 = Instant::now();
+    while lines(&log) < 2 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    station.shutdown(Duration::from_secs(10)).unwrap();
+    assert!(lines(&log) >= 2, "records after the deletion reach a new results.jsonl");
+}
+
+/// A results log that cannot be written (disk full: /dev/full) loses records with a trace:
+/// counted in /metrics, and the shutdown (the exit status of `glad run`) says so.
+#[test]
+fn station_results_log_on_a_full_disk_counts_lost_records_and_fails_the_run() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = images_dir(tmp.path(), 2, false);
+    let results = tmp.path().join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::os::unix::fs::symlink("/dev/full", results.join("results.jsonl")).unwrap();
+    let cfg = config(&station_yaml(&results, &frames, "    threshold: 1.0\n    policy: lossless\n", 0.0, false));
+    let station = Station::start(cfg, StartOptions::default()).unwrap();
+    let t0 = Instant::now();
+    while !station.sources_finished() && t0.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = station.state();
+    let e = format!("{:#}", station.shutdown(Duration::from_secs(10)).unwrap_err());
+    assert!(e.contains("records were lost") && e.contains("jsonl: 2"), "{e}");
+    let text = state.metrics.render();
+    assert_eq!(metric(&text, "glad_sink_dropped_total{sink=\"jsonl\"}"), 2.0, "{text}");
+    // The provider label as the README and the config spell it.
+    assert!(text.contains("provider=\"cpu\""), "{text}");
+}
+
+/// `trigger: true` under `glad run` without a PLC (sinks.modbus) would discard every frame:
+/// refused before anything loads.
+#[test]
+fn station_glad_run_refuses_triggered_cameras_without_a_trigger_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = images_dir(tmp.path(), 1, false);
+    let cfg = tmp.path().join("station.yaml");
+    std::fs::write(&cfg, station_yaml(&tmp.path().join("r"), &frames, "    trigger: true\n", 0.0, false)).unwrap();
+    let o = glad().args(["run", "-q", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("trigger: true") && err.contains("glad serve"), "{err}");
 }

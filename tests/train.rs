@@ -267,3 +267,17 @@ fn train_cli_reports_bad_input_in_one_line() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+/// `--steps 0` would write an untrained bundle: refused.
+#[test]
+fn train_refuses_zero_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--bundle", "no/such/bundle", "--images", "x", "--steps", "0", "--out"])
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--steps"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!tmp.path().join("o").exists());
+}

@@ -102,6 +102,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         clip_norm: (args.clip > 0.0).then_some(args.clip),
         warmup: args.warmup,
     };
+    anyhow::ensure!(args.steps >= 1, "--steps: at least 1 (0 steps would write an untrained bundle)");
     anyhow::ensure!(args.lr > 0.0 && args.lr.is_finite(), "--lr must be positive, got {}", args.lr);
     anyhow::ensure!((0.0..1.0).contains(&args.beta1) && (0.0..1.0).contains(&args.beta2), "--beta1 and --beta2 must be in [0, 1)");
     for (flag, v) in [("--weight-decay", args.weight_decay), ("--adam-eps", args.adam_eps), ("--clip", args.clip)] {

@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{parse_yaml, Manifest};
+use super::Manifest;
+use crate::yaml::parse_yaml;
 
 /// Replaces (or appends) the top-level `key:` block of the manifest at `path` with `value`.
 pub fn write_block<T: Serialize>(path: &Path, key: &str, value: &T) -> Result<()> {

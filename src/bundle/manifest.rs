@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::glad::features::Layout;
 use crate::glad::schedule::SchedulerConfig;
 use crate::glad::ParamOverrides;
+use crate::yaml::parse_yaml;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,20 +131,6 @@ pub struct Manifest {
     pub provenance: Option<serde_yaml::Value>,
 }
 
-/// Parses YAML into `T`, naming the file and the offending key on error.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        if key == "." || key.is_empty() {
-            anyhow::anyhow!("{}: {inner}", path.display())
-        } else {
-            anyhow::anyhow!("{}: key `{key}`: {inner}", path.display())
-        }
-    })
-}
-
 impl Manifest {
     pub const FILE: &'static str = "bundle.yaml";
 
@@ -188,6 +175,9 @@ impl Manifest {
         }
         self.scheduler.check()?;
         self.defaults.check(&|k| format!("key `defaults.{k}`"))?;
+        if let Some(c) = &self.calibration {
+            c.check("calibration").map_err(|e| anyhow::anyhow!(e))?;
+        }
         Ok(())
     }
 }

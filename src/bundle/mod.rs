@@ -14,8 +14,7 @@ use anyhow::{bail, Context, Result};
 use ndarray::Array3;
 
 pub use manifest::{
-    parse_yaml, BackboneSpec, DecoderSpec, EncoderOutput, EncoderSpec, LatentSpec, Manifest, ModelsSpec, PromptSpec, Space, TimestepType,
-    UnetSpec,
+    BackboneSpec, DecoderSpec, EncoderOutput, EncoderSpec, LatentSpec, Manifest, ModelsSpec, PromptSpec, Space, TimestepType, UnetSpec,
 };
 pub use profiles::tensorrt_profiles;
 
@@ -114,4 +113,22 @@ impl Bundle {
         v.extend(self.adp_backbone.as_ref());
         v
     }
+}
+
+/// SHA-256 prefix over the bundle's files (manifest, models, weights, embeddings), in name
+/// order: the `bundle_hash` of every station record.
+pub fn content_hash(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list bundle", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        h.update(std::fs::read(&f).with_context(|| format!("{}: cannot read", f.display()))?);
+    }
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
 }

@@ -9,10 +9,10 @@ use ndarray::{Array4, Axis};
 
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::{bank_dir, Engine, OnnxModels};
+use crate::files as walk;
 use crate::glad::bank::FeatureBank;
 use crate::glad::MapReference;
 use crate::imaging;
-use crate::sources::walk;
 
 #[derive(Debug, Clone, Args)]
 pub struct BankArgs {

@@ -14,8 +14,8 @@ use clap::Args;
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::config::Calibration;
+use crate::files as walk;
 use crate::pipeline::{self, Inspected};
-use crate::sources::walk;
 
 /// Fewer normal images than this get a warning: the maximum of a handful of scores is a poor
 /// threshold.

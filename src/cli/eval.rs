@@ -5,15 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ndarray::{Array2, Array4, Axis};
-use serde::Serialize;
 
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
-use crate::engine::OnnxModels;
-use crate::eval::dataset::{self, Sample, TestSet};
-use crate::eval::metrics;
-use crate::glad::bank::FeatureBank;
+use crate::eval::dataset::{self, TestSet};
+use crate::eval::score::{compute_metrics, mask_or_warn, run_baseline, save_gallery, trace_cell, ClassResult, Scored};
 use crate::imaging;
 use crate::pipeline::{self, Inspected};
 
@@ -44,117 +40,6 @@ pub struct EvalArgs {
     pub trace_adp: bool,
 }
 
-/// The seven metrics of the paper's table; `None` where undefined (one class only).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Metrics {
-    pub image_auroc: Option<f64>,
-    pub image_ap: Option<f64>,
-    pub image_f1_max: Option<f64>,
-    pub pixel_auroc: Option<f64>,
-    pub pixel_ap: Option<f64>,
-    pub pixel_f1_max: Option<f64>,
-    pub pro: Option<f64>,
-}
-
-impl Metrics {
-    fn values(&self) -> [Option<f64>; 7] {
-        [self.image_auroc, self.image_ap, self.image_f1_max, self.pixel_auroc, self.pixel_ap, self.pixel_f1_max, self.pro]
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassResult {
-    pub class: String,
-    pub images: usize,
-    pub failed: usize,
-    pub metrics: Metrics,
-    pub problems: Vec<String>,
-}
-
-/// One inspected test image.
-#[derive(Debug, Clone)]
-pub struct Scored {
-    pub path: PathBuf,
-    pub defect: String,
-    pub label: bool,
-    pub score: f32,
-    pub adp_step: Option<i64>,
-    /// `(t, ADP score)` per step (empty for the baseline or with ADP off).
-    pub adp_trace: Vec<(i64, f32)>,
-    pub map: Array2<f32>,
-    pub mask: Option<Array2<bool>>,
-}
-
-/// An ADP trace as one CSV cell: `t:score` pairs separated by `;` (no commas, no quoting).
-pub fn trace_cell(trace: &[(i64, f32)]) -> String {
-    trace.iter().map(|(t, s)| format!("{t}:{s}")).collect::<Vec<_>>().join(";")
-}
-
-/// Loads a ground-truth mask, resized (nearest) to `side`, `> 127` as defect. A mask whose size
-/// differs from its image's (`image`, when known) is resized with a warning.
-pub fn load_mask(path: &Path, side: usize, image: Option<(u32, u32)>) -> Result<Array2<bool>> {
-    let img = imaging::load_luma(path).map_err(|e| anyhow::anyhow!("cannot decode mask: {e:#}"))?;
-    if let Some((w, h)) = image {
-        if img.dimensions() != (w, h) {
-            tracing::warn!(
-                "{}: mask is {}x{}, its image {w}x{h}; resized to the map (nearest neighbour)",
-                path.display(),
-                img.width(),
-                img.height()
-            );
-        }
-    }
-    let img = if img.dimensions() == (side as u32, side as u32) {
-        img
-    } else {
-        image::imageops::resize(&img, side as u32, side as u32, image::imageops::FilterType::Nearest)
-    };
-    Ok(Array2::from_shape_fn((side, side), |(y, x)| img.get_pixel(x as u32, y as u32)[0] > 127))
-}
-
-/// [`load_mask`], an undecodable mask treated as a missing one (the image stays in the
-/// image-level metrics, out of the pixel metrics) with a warning kept in `notes`.
-fn mask_or_warn(sample: &Sample, side: usize, image: (u32, u32), notes: &mut Vec<String>) -> Option<Array2<bool>> {
-    let path = sample.mask.as_deref()?;
-    match load_mask(path, side, Some(image)) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            let msg = format!("{}: {e:#}; treated as a missing mask (left out of the pixel metrics)", sample.path.display());
-            tracing::warn!("{msg}");
-            notes.push(msg);
-            None
-        }
-    }
-}
-
-/// Image- and pixel-level metrics of scored images. Anomalous images without a mask are left
-/// out of the pixel metrics; normal images count as all-normal pixels.
-pub fn compute_metrics(scored: &[Scored]) -> Metrics {
-    let scores: Vec<f32> = scored.iter().map(|s| s.score).collect();
-    let labels: Vec<bool> = scored.iter().map(|s| s.label).collect();
-    let normal_masks: Vec<Array2<bool>> = scored.iter().map(|s| Array2::from_elem(s.map.dim(), false)).collect();
-    let (mut maps, mut masks) = (Vec::new(), Vec::new());
-    for (s, empty) in scored.iter().zip(&normal_masks) {
-        match (&s.mask, s.label) {
-            (Some(m), _) => masks.push(m.view()),
-            (None, false) => masks.push(empty.view()),
-            (None, true) => continue,
-        }
-        maps.push(s.map.view());
-    }
-    let image = metrics::CurveMetrics::compute(&scores, &labels);
-    let pixel = metrics::CurveMetrics::from_maps(&maps, &masks);
-    Metrics {
-        image_auroc: image.as_ref().map(|m| m.auroc),
-        image_ap: image.as_ref().map(|m| m.average_precision),
-        image_f1_max: image.as_ref().map(|m| m.f1_max),
-        pixel_auroc: pixel.as_ref().map(|m| m.auroc),
-        pixel_ap: pixel.as_ref().map(|m| m.average_precision),
-        pixel_f1_max: pixel.as_ref().map(|m| m.f1_max),
-        pro: metrics::pro_auc(&maps, &masks, 0.3, 200),
-    }
-}
-
 fn fmt(v: Option<f64>) -> String {
     v.map_or("   -  ".into(), |v| format!("{v:.4}"))
 }
@@ -181,15 +66,6 @@ pub fn print_table(results: &[ClassResult]) {
             .collect();
         print_row("mean", "", &mean);
     }
-}
-
-/// `gallery/<class>/<defect>__<name>.heatmap.png` (named as inspect names outputs, so unique):
-/// the heatmap over the image, colours spanning the map's range.
-fn save_gallery(gallery: &Path, sample: &Sample, img: &image::RgbImage, map: &Array2<f32>) -> Result<()> {
-    let (lo, hi) = imaging::heat_range(map, None);
-    let rel = Path::new(&sample.defect).join(sample.path.file_name().unwrap_or_default());
-    let name = format!("{}.heatmap.png", super::inspect::output_stem(&rel));
-    imaging::save_png(&imaging::heatmap_overlay(img, map.view(), lo, hi), &gallery.join(name))
 }
 
 /// Inspects one class's test set; images that fail are reported and left out.
@@ -244,69 +120,6 @@ fn run_class(
     Ok(scored.into_values().collect())
 }
 
-/// The feature-only baseline on one class: a bank from train/good, then nearest-patch maps.
-fn run_baseline(
-    settings: &Settings,
-    root: &Path,
-    set: &TestSet,
-    batch: usize,
-    gallery: &Path,
-    failures: &mut Vec<String>,
-    notes: &mut Vec<String>,
-) -> Result<Vec<Scored>> {
-    let mut engine = settings.engine()?;
-    let (r, s) = (engine.resolution(), engine.params.backbone_resolution);
-    let params = engine.params.clone();
-    let mut models = OnnxModels::new(&mut engine.bundle);
-    let load = |p: &Path| imaging::load_rgb(p).map(|img| (imaging::preprocess(&img, r), img));
-    let train = dataset::train_good(root, &set.class)?;
-    if train.is_empty() {
-        bail!("{}: no normal training images for the baseline's feature bank", root.join(&set.class).join("train/good").display());
-    }
-    let mut normal = Array4::<f32>::zeros((train.len(), 3, r, r));
-    for (i, p) in train.iter().enumerate() {
-        normal.index_axis_mut(Axis(0), i).assign(&load(p)?.0);
-    }
-    let bank = FeatureBank::fit(&mut models, &params, normal.view(), batch.max(4))?;
-    let pb = progress(set.samples.len(), &format!("baseline {}", set.class));
-    let mut scored = Vec::new();
-    for chunk in set.samples.chunks(batch.max(1)) {
-        let mut ok = Vec::new();
-        for sample in chunk {
-            pb.inc(1);
-            match load(&sample.path) {
-                Ok((t, img)) => {
-                    let mask = mask_or_warn(sample, s, img.dimensions(), notes);
-                    ok.push((sample, t, img, mask))
-                }
-                Err(e) => failures.push(format!("{e:#}")),
-            }
-        }
-        if ok.is_empty() {
-            continue;
-        }
-        let mut x = Array4::<f32>::zeros((ok.len(), 3, r, r));
-        for (i, (_, t, _, _)) in ok.iter().enumerate() {
-            x.index_axis_mut(Axis(0), i).assign(t);
-        }
-        for ((sample, _, img, mask), m) in ok.into_iter().zip(bank.maps(&mut models, &params, x.view())?) {
-            save_gallery(gallery, sample, &img, &m.map)?;
-            scored.push(Scored {
-                path: sample.path.clone(),
-                defect: sample.defect.clone(),
-                label: sample.label,
-                score: m.score,
-                adp_step: None,
-                adp_trace: Vec::new(),
-                map: m.map,
-                mask,
-            });
-        }
-    }
-    pb.finish_and_clear();
-    Ok(scored)
-}
-
 pub fn run(args: EvalArgs) -> Result<bool> {
     let mut base = Settings::new(&args.common, args.params.clone())?;
     if let Some(b) = args.batch {
@@ -326,25 +139,50 @@ pub fn run(args: EvalArgs) -> Result<bool> {
     let mut all_failures = Vec::new();
     let mut all_failed_classes = Vec::new();
     for class in &classes {
-        let set = dataset::test_set(&args.dataset, class)?;
-        for p in &set.problems {
-            eprintln!("warning: {p}");
-        }
-        // `{class}` in the bundle path picks a per-class bundle; a dataset-only preset gets the class.
-        let mut settings =
-            Settings { bundle_dir: PathBuf::from(base.bundle_dir.to_string_lossy().replace("{class}", class)), ..base.clone() };
-        if let Some(p) = &settings.preset {
-            if !p.contains('/') {
-                settings.preset = Some(format!("{p}/{class}"));
-            }
-        }
+        // A class that cannot run (a missing bundle, an unreadable folder) is reported with the
+        // others; the metrics of the classes already done are kept and written.
         let mut failures = Vec::new();
         let mut notes = Vec::new();
-        let gallery = args.out.join("gallery").join(class);
-        let scored = if args.baseline {
-            run_baseline(&settings, &args.dataset, &set, batch, &gallery, &mut failures, &mut notes)?
-        } else {
-            run_class(&settings, &set, batch, &gallery, &mut failures, &mut notes)?
+        let outcome = (|| -> Result<(TestSet, Vec<Scored>)> {
+            let set = dataset::test_set(&args.dataset, class)?;
+            for p in &set.problems {
+                eprintln!("warning: {p}");
+            }
+            // `{class}` in the bundle path picks a per-class bundle; a dataset-only preset gets the class.
+            let mut settings =
+                Settings { bundle_dir: PathBuf::from(base.bundle_dir.to_string_lossy().replace("{class}", class)), ..base.clone() };
+            if let Some(p) = &settings.preset {
+                if !p.contains('/') {
+                    settings.preset = Some(format!("{p}/{class}"));
+                }
+            }
+            let gallery = args.out.join("gallery").join(class);
+            let scored = if args.baseline {
+                let pb = progress(set.samples.len(), &format!("baseline {}", set.class));
+                let s = run_baseline(settings.engine()?, &args.dataset, &set, batch, &gallery, &mut failures, &mut notes, &|| pb.inc(1))?;
+                pb.finish_and_clear();
+                s
+            } else {
+                run_class(&settings, &set, batch, &gallery, &mut failures, &mut notes)?
+            };
+            Ok((set, scored))
+        })();
+        let (set, scored) = match outcome {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = format!("class `{class}`: {e:#}");
+                eprintln!("error: {msg}");
+                results.push(ClassResult {
+                    class: class.clone(),
+                    images: 0,
+                    failed: 0,
+                    metrics: Default::default(),
+                    problems: vec![msg.clone()],
+                });
+                all_failures.push(msg);
+                all_failed_classes.push(class.clone());
+                continue;
+            }
         };
         for s in &scored {
             let mut row = vec![

@@ -9,9 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::{CommonArgs, ParamArgs, Settings};
+use crate::files as walk;
 use crate::imaging;
 use crate::pipeline::{self, Inspected};
-use crate::sources::walk;
 
 #[derive(Debug, Clone, Args)]
 pub struct InspectArgs {
@@ -50,74 +50,7 @@ pub struct InspectArgs {
     pub sequential: bool,
 }
 
-/// Output name of an input: its path's components joined by `__`, the extension kept
-/// (`a/b/part.png` → `a__b__part.png`, so `part.png` and `part.jpg` differ). When that name
-/// could also come from another path — a component containing `__`, starting or ending with
-/// `_`, or not UTF-8; an absolute path or one with `..` — or is longer than 160 bytes, `___`
-/// and the first 16 hex digits of the SHA-256 of the full path are appended (shortened to 120
-/// bytes first when long). Names without a hash never contain `___`, so no two inputs share a
-/// name.
-pub fn output_stem(path: &Path) -> String {
-    use sha2::Digest;
-    use std::path::Component;
-    let mut ambiguous = false;
-    let mut parts: Vec<String> = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => {
-                let s = match p.to_str() {
-                    Some(s) => s.to_string(),
-                    None => {
-                        ambiguous = true;
-                        p.to_string_lossy().into_owned()
-                    }
-                };
-                ambiguous |= s.contains("__") || s.starts_with('_') || s.ends_with('_');
-                parts.push(s);
-            }
-            Component::CurDir => {}
-            _ => ambiguous = true,
-        }
-    }
-    let mut name = parts.join("__");
-    if name.is_empty() || name.len() > 160 {
-        ambiguous = true;
-    }
-    if !ambiguous {
-        return name;
-    }
-    if name.len() > 120 {
-        let mut cut = 120;
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        name.truncate(cut);
-    }
-    let hash = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
-    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{name}___{hex}")
-}
-
-/// Refuses a station calibration whose recorded settings differ from those in force (its
-/// threshold would be compared with scores computed differently).
-pub fn check_calibration(settings: &Settings, cal: &crate::config::Calibration, engine: &crate::engine::Engine) -> Result<()> {
-    let cfg = settings.config_path.as_ref().map_or("config".to_string(), |p| p.display().to_string());
-    match &cal.settings {
-        None => {
-            tracing::warn!("{cfg}: the calibration records no settings (an older station config): its threshold is applied unchecked");
-        }
-        Some(rec) => {
-            let diff = rec.differences(&settings.calibrated_with(engine));
-            if !diff.is_empty() {
-                bail!(
-                    "{cfg}: key `calibration.settings`: the threshold was calibrated with other settings than those in force: {}; use the calibrated settings, recalibrate, or pass --threshold",
-                    diff.join(", ")
-                );
-            }
-        }
-    }
-    Ok(())
-}
+pub use crate::files::output_stem;
 
 pub fn progress(n: usize, what: &str) -> ProgressBar {
     let pb = if n > 1 { ProgressBar::new(n as u64) } else { ProgressBar::hidden() };
@@ -144,10 +77,7 @@ pub fn run(args: InspectArgs) -> Result<bool> {
     let mut engines = settings.engines(if args.sequential { 1 } else { workers })?;
     let noise = settings.noise()?;
     let threshold = settings.threshold(args.threshold, &engines[0])?;
-    let calibration = settings.config.calibration.clone();
-    if let (None, Some(c)) = (args.threshold, &calibration) {
-        check_calibration(&settings, c, &engines[0])?;
-    }
+    let calibration = settings.config.calibration.clone().filter(|_| args.threshold.is_none());
     let batch = args.batch.unwrap_or(settings.config.inspect.batch);
     let save_rec = args.save_reconstruction || settings.config.inspect.save_reconstruction;
     let save_map = args.save_map || settings.config.inspect.save_map;

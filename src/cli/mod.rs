@@ -18,7 +18,7 @@ use clap::Args;
 
 use crate::bundle::Bundle;
 use crate::config::{self, CalibratedWith, Config, NoiseConfig};
-use crate::engine::{Engine, NoiseSource};
+use crate::engine::{Engine, EngineSpec, NoiseSource, VerdictSpec};
 use crate::glad::{LatentMode, ParamOverrides};
 
 /// Options every subcommand that loads a bundle takes.
@@ -134,13 +134,31 @@ impl Settings {
         Ok(settings)
     }
 
-    pub fn load_bundle(&self) -> Result<Bundle> {
-        let mut rt = self.config.runtime.clone();
-        if rt.execution.tensorrt.max_batch == 0 {
+    /// The engine recipe of this config and command line (`engine::EngineSpec` holds the
+    /// rules: parameter layers, noise, threshold), with `--threshold` as `flag`.
+    pub fn spec(&self, flag: Option<f32>) -> EngineSpec {
+        let mut runtime = self.config.runtime.clone();
+        if runtime.execution.tensorrt.max_batch == 0 {
             // TensorRT profiles cover the batches this command runs.
-            rt.execution.tensorrt.max_batch = self.config.inspect.batch;
+            runtime.execution.tensorrt.max_batch = self.config.inspect.batch;
         }
-        Bundle::load(&self.bundle_dir, &rt)
+        let cfg = self.config_path.as_ref().map_or("config".to_string(), |p| p.display().to_string());
+        EngineSpec {
+            bundle_dir: self.bundle_dir.clone(),
+            runtime,
+            preset: self.preset.clone(),
+            layers: vec![(format!("{cfg}: key `glad.{{}}`"), self.config.glad.clone()), ("--{}".to_string(), self.cli_overrides())],
+            noise: self.noise_config(),
+            verdict: VerdictSpec {
+                flag,
+                calibration: self.config.calibration.clone().map(|c| (c, cfg.clone())),
+                threshold: self.config.threshold.map(|t| (t, format!("{cfg}: key `threshold`"))),
+            },
+        }
+    }
+
+    pub fn load_bundle(&self) -> Result<Bundle> {
+        self.spec(None).load_bundle()
     }
 
     /// The GLAD parameters set on the command line.
@@ -154,63 +172,30 @@ impl Settings {
         }
     }
 
-    /// The layers of parameters, lowest first, each with how its keys are named in messages.
-    fn layers(&self, bundle: &Bundle) -> Result<Vec<(String, ParamOverrides)>> {
-        let mut v = vec![(
-            format!("{}: key `defaults.{{}}`", bundle.dir.join(crate::bundle::Manifest::FILE).display()),
-            bundle.manifest.defaults.clone(),
-        )];
-        if let Some(p) = &self.preset {
-            v.push((format!("preset {p}: key `{{}}`"), config::preset(p)?));
-        }
-        let cfg = self.config_path.as_ref().map_or("config".to_string(), |p| p.display().to_string());
-        v.push((format!("{cfg}: key `glad.{{}}`"), self.config.glad.clone()));
-        v.push(("--{}".to_string(), self.cli_overrides()));
-        Ok(v)
-    }
-
     /// bundle defaults < preset < config `glad` < command line.
     pub fn overrides(&self, bundle: &Bundle) -> Result<ParamOverrides> {
-        Ok(self.layers(bundle)?.iter().fold(ParamOverrides::default(), |acc, (_, o)| acc.merged(o)))
+        self.spec(None).overrides(bundle)
     }
 
     /// The resolved parameters; an error names the file and key (or flag) of the bad value.
     pub fn params(&self, bundle: &Bundle) -> Result<crate::glad::Params> {
-        let layers = self.layers(bundle)?;
-        let merged = layers.iter().fold(ParamOverrides::default(), |acc, (_, o)| acc.merged(o));
-        let what = |k: &str| -> String {
-            match layers.iter().rev().find(|(_, o)| o.is_set(k)) {
-                Some((label, _)) if label.starts_with("--") => flag_name(k),
-                Some((label, _)) => label.replace("{}", k),
-                None => format!("`{k}` (default)"),
-            }
-        };
-        merged.resolve_named(bundle.manifest.models.backbone.resolution, &what)
+        self.spec(None).params(bundle)
     }
 
     pub fn engine(&self) -> Result<Engine> {
-        let bundle = self.load_bundle()?;
-        let params = self.params(&bundle)?;
-        Engine::new(bundle, params)
+        self.spec(None).engine()
     }
 
     /// `n` engines with their own sessions, for `n` pipeline workers.
     pub fn engines(&self, n: usize) -> Result<Vec<Engine>> {
-        (0..n.max(1)).map(|_| self.engine()).collect()
+        let spec = self.spec(None);
+        (0..n.max(1)).map(|_| spec.engine()).collect()
     }
 
-    /// The verdict threshold: `--threshold`, else the config's calibration or threshold, else
-    /// the bundle's own calibration while the settings it was made with are in force
-    /// (`engine::bundle_threshold`); otherwise none, with a warning.
+    /// The verdict threshold (`EngineSpec::verdict`): `--threshold`, else the config's
+    /// calibration (refused when made with other settings) or threshold, else the bundle's.
     pub fn threshold(&self, cli: Option<f32>, engine: &Engine) -> Result<Option<f32>> {
-        if let Some(t) = cli.or(self.config.threshold()) {
-            return Ok(Some(t));
-        }
-        let t = crate::engine::bundle_threshold(engine, &self.noise_config());
-        if t.is_none() && engine.bundle.manifest.calibration.is_some() {
-            tracing::warn!("the bundle's calibration is not applied: the GLAD settings or the noise differ from those it was made with (calibrate again)");
-        }
-        Ok(t)
+        Ok(self.spec(cli).verdict(engine)?.threshold)
     }
 
     /// The noise source in force: `--noise-dir`, `noise.dir`, else the seed.
@@ -222,20 +207,13 @@ impl Settings {
     }
 
     pub fn noise(&self) -> Result<NoiseSource> {
-        let n = self.noise_config();
-        match &n.dir {
-            Some(dir) => NoiseSource::from_dir(dir),
-            None => Ok(NoiseSource::Seeded(n.seed)),
-        }
+        crate::engine::noise_source(&self.noise_config())
     }
 
     /// What a calibration made now would record.
     pub fn calibrated_with(&self, engine: &Engine) -> CalibratedWith {
-        CalibratedWith { bundle: engine.bundle.manifest.name.clone(), params: engine.params.clone(), noise: self.noise_config() }
+        self.spec(None).calibrated_with(engine)
     }
 }
 
-/// How a command-line parameter is named in messages: `--denoise-step`.
-fn flag_name(key: &str) -> String {
-    format!("--{}", key.replace('_', "-"))
-}
+use crate::engine::spec::flag_name;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::station::{StartOptions, Station, StationConfig};
+use crate::service::ServeSections;
+use crate::station::{CameraStatus, StartOptions, Station, StationConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -30,6 +31,19 @@ pub fn run(args: RunArgs) -> Result<bool> {
         anyhow::bail!("--shutdown-timeout: {} is out of range (0 ..= 3600 s)", args.shutdown_timeout);
     }
     let config = StationConfig::load(&args.config)?;
+    // The same file serves `glad serve`: its `http:` and `service:` sections must be valid too.
+    ServeSections::of(&config, &args.config)?;
+    // `glad run` has no HTTP face: a triggered camera can only be triggered by the PLC (Modbus).
+    if config.sinks.modbus.is_none() {
+        if let Some(c) = config.cameras.iter().find(|c| c.trigger) {
+            anyhow::bail!(
+                "{}: camera `{}` has `trigger: true`, but `glad run` has no trigger path without `sinks.modbus` \
+                 (every frame would be discarded): use `glad serve` (POST /api/trigger) or configure sinks.modbus",
+                args.config.display(),
+                c.name
+            );
+        }
+    }
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone()).context("cannot install the signal handler")?;
@@ -54,7 +68,7 @@ pub fn run(args: RunArgs) -> Result<bool> {
         .values()
         .filter_map(|c| {
             let s = c.status.lock().expect("status lock").clone();
-            s.starts_with("stopped:").then(|| format!("camera `{}`: {s}", c.name))
+            matches!(s, CameraStatus::Stopped(_)).then(|| format!("camera `{}`: {s}", c.name))
         })
         .collect();
     if !failed.is_empty() {

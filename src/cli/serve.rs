@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::service::{self, ServeOptions, StationLifecycle};
+use crate::service::{self, ServeOptions, ServeSections, StationLifecycle};
 use crate::station::{StartOptions, Station, StationConfig, StationState};
 
 #[derive(Debug, Clone, Args)]
@@ -27,7 +27,9 @@ impl StationLifecycle for Station {
         Station::state(self)
     }
     fn reload(&mut self, path: &Path) -> Result<Vec<String>> {
-        Station::reload(self, StationConfig::load(path)?)
+        let config = StationConfig::load(path)?;
+        ServeSections::of(&config, path)?;
+        Station::reload(self, config)
     }
     fn shutdown(self, timeout: Duration) -> Result<()> {
         Station::shutdown(self, timeout)
@@ -36,7 +38,8 @@ impl StationLifecycle for Station {
 
 pub fn run(args: ServeArgs) -> Result<bool> {
     let config = StationConfig::load(&args.config)?;
-    let opts = ServeOptions { config_path: args.config.clone(), service: config.service.clone(), http: config.http.clone() };
+    let sections = ServeSections::of(&config, &args.config)?;
+    let opts = ServeOptions { config_path: args.config.clone(), service: sections.service, http: sections.http };
     let path = args.config.clone();
     service::serve(opts, |loading| {
         loading.status("loading bundles and warming up");

@@ -9,17 +9,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use image::{GrayImage, Luma};
 use ndarray::{Array2, Array4, Axis};
 
-use super::eval::{compute_metrics, Scored};
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::{backbone_channels, bank_dir};
+use crate::eval::score::{compute_metrics, mask_at, Scored};
+use crate::files as walk;
 use crate::glad::bank::FeatureBank;
 use crate::glad::{MapReference, ParamOverrides, Params};
 use crate::imaging;
-use crate::sources::walk;
 use crate::train::data::{rng_for, Purpose, TextureDir};
 use crate::train::synth::{synthesize, TextureSource};
 
@@ -102,11 +101,23 @@ struct ValSet {
     names: Vec<PathBuf>,
 }
 
-fn mask_at(mask: &Array2<f32>, s: usize) -> Array2<bool> {
-    let (h, w) = mask.dim();
-    let img = GrayImage::from_fn(w as u32, h as u32, |x, y| Luma([if mask[[y as usize, x as usize]] > 0.5 { 255 } else { 0 }]));
-    let img = image::imageops::resize(&img, s as u32, s as u32, image::imageops::FilterType::Nearest);
-    Array2::from_shape_fn((s, s), |(y, x)| img.get_pixel(x as u32, y as u32)[0] > 127)
+/// Most memory the validation images may take (their tensors, held for the whole grid).
+const MAX_VALIDATION_BYTES: u64 = 2 << 30;
+
+/// `--anomalies`: at least one (the metrics are undefined without anomalies), and the
+/// validation tensors within [`MAX_VALIDATION_BYTES`].
+fn check_validation_size(normals: usize, anomalies: usize, r: usize) -> Result<()> {
+    if anomalies == 0 {
+        bail!("--anomalies: at least 1 (without anomalies every metric is undefined and no grid point can be chosen)");
+    }
+    let bytes = (normals as u64 + anomalies as u64).saturating_mul(3 * (r as u64) * (r as u64) * 4);
+    if bytes > MAX_VALIDATION_BYTES {
+        let most = (MAX_VALIDATION_BYTES / (3 * (r as u64) * (r as u64) * 4)).saturating_sub(normals as u64);
+        bail!(
+            "--anomalies: {anomalies} anomalies and {normals} normals at {r}x{r} would take {bytes} bytes, over the limit of {MAX_VALIDATION_BYTES}; use at most {most}"
+        );
+    }
+    Ok(())
 }
 
 fn validation_set(
@@ -174,6 +185,7 @@ pub fn run(args: TuneArgs) -> Result<bool> {
     }
     let textures = args.textures.as_deref().map(TextureDir::open).transpose()?;
     let anomalies = args.anomalies.unwrap_or(files.len());
+    check_validation_size(files.len(), anomalies, r)?;
     let seed = args.params.seed.unwrap_or(settings.config.noise.seed);
     let val = validation_set(&files, r, s, anomalies, textures.as_ref().map(|t| t as &dyn TextureSource), seed)?;
     let n = val.labels.len();

@@ -3,6 +3,7 @@
 
 mod noise;
 mod onnx_models;
+pub mod spec;
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use ndarray::{Array2, Array3, ArrayView4, Axis};
 
 pub use noise::NoiseSource;
 pub use onnx_models::{ModelTimes, OnnxModels};
+pub use spec::{noise_source, resolve_verdict, EngineFacts, EngineSpec, VerdictRule, VerdictSpec};
 
 use crate::bundle::Bundle;
 use crate::glad::bank::FeatureBank;
@@ -142,6 +144,15 @@ impl Engine {
             _ => Some(FeatureBank::load(&bank_dir(&bundle), &backbone_channels(&bundle)?)?),
         };
         Ok(Engine { bundle, params, ab, bank })
+    }
+
+    /// Runs one black image through every model (the first run allocates and optimises), so
+    /// the first real frame is not slow.
+    pub fn warm_up(&mut self) -> Result<()> {
+        let r = self.resolution();
+        let noise = NoiseSource::Seeded(0).draw(&[0], self.latent_shape())?;
+        self.inspect(ndarray::Array4::<f32>::zeros((1, 3, r, r)).view(), &noise).context("warm-up")?;
+        Ok(())
     }
 
     /// `(channels, side)` of the latents a noise source must provide.

@@ -27,7 +27,7 @@ pub struct TestSet {
 
 /// The images directly in `dir` (the one walker), and the paths that could not be taken.
 fn images_in(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
-    let w = crate::sources::walk::images_in(dir);
+    let w = crate::files::images_in(dir);
     let problems = w.messages();
     (w.files, problems)
 }

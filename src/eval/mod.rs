@@ -1,2 +1,5 @@
+//! Evaluation: datasets in the MVTec layout, the paper's metrics, scoring and the baseline.
+
 pub mod dataset;
 pub mod metrics;
+pub mod score;

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use ndarray::{concatenate, Array2, Array4, ArrayView4, Axis};
 
-use super::anomaly::{add_layer, backbone_input, finish};
 use super::features::{min_cosine_distance, Tokens};
+use super::score::{add_layer, backbone_input, finish};
 use super::{AnomalyMap, Models, Params};
 
 #[derive(Debug, Clone)]

@@ -11,15 +11,17 @@ pub mod maps;
 pub mod params;
 pub mod reconstruct;
 pub mod schedule;
+pub mod score;
 
 use anyhow::Result;
 use ndarray::{Array4, ArrayView4};
 
-pub use anomaly::{anomaly_maps, AnomalyMap};
+pub use anomaly::anomaly_maps;
 pub use checked::Checked;
 pub use features::Tokens;
 pub use params::{LatentMode, MapReference, ParamOverrides, Params};
 pub use reconstruct::{reconstruct, Reconstruction};
+pub use score::AnomalyMap;
 
 /// The networks GLAD calls. Batch in, batch out; every method sees `[B, ...]` arrays.
 pub trait Models {

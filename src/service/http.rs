@@ -1,5 +1,9 @@
-//! The HTTP face (axum on its own tokio runtime, on its own thread). Read-only except
-//! `POST /api/trigger/<camera>`, which is off unless a token is configured.
+//! The HTTP face (axum on the process's shared tokio runtime, driven from a thread of its
+//! own). Read-only except `POST /api/trigger/<camera>`, which is off unless a token is
+//! configured. The address is bound before the station loads its models, so a port in use
+//! fails at once. Connections are bounded: at most [`MAX_CONNECTIONS`] open (more are closed
+//! on accept), and one silent for [`IDLE_TIMEOUT`] (no request headers, an idle keep-alive)
+//! is closed, so silent sockets cannot starve `/healthz` or the image store of descriptors.
 //!
 //! | route | answers |
 //! |---|---|
@@ -34,8 +38,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::station::metrics::FrameLabel;
-use crate::station::StationState;
+use crate::telemetry::metrics::FrameLabel;
+use crate::telemetry::StationState;
 
 /// Default port of `http.bind`.
 pub const DEFAULT_PORT: u16 = 9480;
@@ -45,6 +49,129 @@ pub const MAX_RESULTS: usize = 1000;
 pub const DEFAULT_RESULTS: usize = 100;
 /// Shortest trigger token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// A connection without a byte in either direction for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most connections open at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A TCP stream closed after `idle` without progress in either direction.
+struct IdleStream {
+    inner: tokio::net::TcpStream,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    idle: Duration,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl IdleStream {
+    fn progressed(&mut self) {
+        self.sleep.as_mut().reset(tokio::time::Instant::now() + self.idle);
+    }
+
+    fn timed_out(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+use std::future::Future as _;
+use std::task::Poll;
+
+impl tokio::io::AsyncRead for IdleStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.timed_out(cx) => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection closed")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for IdleStream {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.timed_out(cx) => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection closed")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for IdleStream {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The listener with the connection bounds.
+struct Bounded {
+    listener: tokio::net::TcpListener,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    idle: Duration,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = IdleStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (IdleStream, SocketAddr) {
+        loop {
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if self.live.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                tracing::warn!(%addr, "HTTP: {MAX_CONNECTIONS} connections open; closing a new one");
+                continue;
+            }
+            self.live.fetch_add(1, Ordering::AcqRel);
+            let sleep = Box::pin(tokio::time::sleep(self.idle));
+            return (IdleStream { inner: stream, sleep, idle: self.idle, live: self.live.clone() }, addr);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// An address bound for the HTTP face, not yet serving (bound before the models load).
+pub struct BoundHttp {
+    listener: std::net::TcpListener,
+    settings: HttpSettings,
+}
+
+impl BoundHttp {
+    pub fn addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+}
 
 /// The `http:` section of the station config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,18 +284,32 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
+    /// Binds `settings.bind` (a port in use is an error here, before anything loads).
+    pub fn bind(settings: HttpSettings) -> Result<BoundHttp> {
+        let listener =
+            std::net::TcpListener::bind(settings.bind).with_context(|| format!("key `http.bind`: cannot listen on {}", settings.bind))?;
+        listener.set_nonblocking(true)?;
+        Ok(BoundHttp { listener, settings })
+    }
+
     /// Binds (errors here, not later) and serves on a thread of its own.
     pub fn start(state: Arc<StationState>, settings: HttpSettings, heartbeat_max_age: Duration) -> Result<HttpServer> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("glad-http")
-            .enable_io()
-            .enable_time()
-            .build()
-            .context("starting the HTTP runtime")?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(settings.bind))
-            .with_context(|| format!("key `http.bind`: cannot listen on {}", settings.bind))?;
+        Self::serve(Self::bind(settings)?, state, heartbeat_max_age)
+    }
+
+    /// Serves on an address bound by [`HttpServer::bind`].
+    pub fn serve(bound: BoundHttp, state: Arc<StationState>, heartbeat_max_age: Duration) -> Result<HttpServer> {
+        Self::serve_with_idle(bound, state, heartbeat_max_age, IDLE_TIMEOUT)
+    }
+
+    /// [`HttpServer::serve`] with another idle timeout (tests).
+    pub fn serve_with_idle(bound: BoundHttp, state: Arc<StationState>, heartbeat_max_age: Duration, idle: Duration) -> Result<HttpServer> {
+        let runtime = crate::asyncrt::runtime();
+        let BoundHttp { listener, settings } = bound;
+        let listener = {
+            let _enter = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).context("HTTP listener")?
+        };
         let addr = listener.local_addr()?;
         if addr.ip().is_loopback() {
             tracing::info!(%addr, "HTTP on loopback");
@@ -184,6 +325,7 @@ impl HttpServer {
         let thread = std::thread::Builder::new()
             .name("glad-http-main".into())
             .spawn(move || {
+                let listener = Bounded { listener, live: Arc::new(std::sync::atomic::AtomicUsize::new(0)), idle };
                 let served = runtime.block_on(async move {
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async move {
@@ -194,7 +336,6 @@ impl HttpServer {
                 if let Err(e) = served {
                     tracing::error!("HTTP server: {e}");
                 }
-                runtime.shutdown_timeout(Duration::from_millis(200));
                 let _ = done_tx.send(());
             })
             .context("spawning the HTTP thread")?;
@@ -285,7 +426,17 @@ async fn readyz(State(app): Shared) -> Response {
 /// prometheus-client writes the OpenMetrics text format (Prometheus scrapes it as such).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-async fn metrics(State(app): Shared) -> Response {
+/// `/metrics` in the Prometheus text format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics, unless the client asks for something else without naming OpenMetrics
+/// (`Accept: text/plain`, `*/*`: curl piped into `promtool`, older scrapers), which get the
+/// Prometheus text format.
+async fn metrics(State(app): Shared, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !accept.is_empty() && !accept.contains("application/openmetrics-text") {
+        return ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], app.state.metrics.render_prometheus()).into_response();
+    }
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], app.state.metrics.render()).into_response()
 }
 
@@ -306,7 +457,7 @@ async fn cameras(State(app): Shared) -> Response {
                 "name": c.name,
                 "triggered": c.triggered,
                 "streaming": c.streaming.load(Ordering::Relaxed),
-                "status": *c.status.lock().expect("status lock"),
+                "status": c.status.lock().expect("status lock").to_string(),
                 "pending_triggers": st.triggers.pending(&c.name),
                 "counts": {
                     "ok": count(st, &c.name, "normal"),
@@ -476,6 +627,10 @@ async fn trigger(State(app): Shared, UrlPath(camera): UrlPath<String>, headers: 
         return error(StatusCode::CONFLICT, format!("camera `{camera}` streams continuously (no `trigger: true`)"));
     }
     if let Err(e) = app.state.triggers.fire(&camera) {
+        if e.downcast_ref::<crate::telemetry::trigger::TriggerError>().is_some() {
+            tracing::warn!(camera = %camera, "trigger refused: queue full");
+            return error(StatusCode::TOO_MANY_REQUESTS, e.to_string());
+        }
         return error(StatusCode::NOT_FOUND, e.to_string());
     }
     let pending = app.state.triggers.pending(&camera);

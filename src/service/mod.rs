@@ -21,7 +21,8 @@
 //! ```text
 //! Command::Serve(args) => {
 //!     let config = StationConfig::load(&args.config)?;
-//!     let opts = service::ServeOptions { config_path: args.config.clone(), service: config.service.clone(), http: config.http.clone() };
+//!     let sections = service::ServeSections::of(&config, &args.config)?;
+//!     let opts = service::ServeOptions { config_path: args.config.clone(), service: sections.service, http: sections.http };
 //!     service::serve(opts, |loading| { loading.status("loading bundles"); Station::start(config) }).map(|_| true)
 //! }
 //! impl service::StationLifecycle for Station {
@@ -43,9 +44,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::station::StationState;
+use crate::station::StationConfig;
+use crate::telemetry::StationState;
 
-pub use http::{HttpConfig, HttpServer, HttpSettings};
+pub use http::{BoundHttp, HttpConfig, HttpServer, HttpSettings};
 pub use notify::{Loading, Notifier, Watchdog};
 pub use signals::{Event, SignalListener};
 
@@ -119,6 +121,32 @@ impl ServiceConfig {
     }
 }
 
+/// The sections of the station config the service owns, `http:` and `service:`, parsed and
+/// checked here (the station keeps them as YAML and ignores them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServeSections {
+    pub http: HttpConfig,
+    pub service: ServiceConfig,
+}
+
+impl ServeSections {
+    /// The sections of `config`, checked; errors name `file` and the key.
+    pub fn of(config: &StationConfig, file: &Path) -> Result<ServeSections> {
+        fn part<T: serde::de::DeserializeOwned + Default>(file: &Path, key: &str, v: &Option<serde_yaml::Value>) -> Result<T> {
+            let Some(v) = v else { return Ok(T::default()) };
+            serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+                let inner = e.path().to_string();
+                let at = if inner == "." || inner.is_empty() { key.to_string() } else { format!("{key}.{inner}") };
+                anyhow::anyhow!("{}: key `{at}`: {}", file.display(), e.into_inner())
+            })
+        }
+        let s = ServeSections { http: part(file, "http", &config.http)?, service: part(file, "service", &config.service)? };
+        s.service.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+        s.http.resolve().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+        Ok(s)
+    }
+}
+
 /// Everything `serve` needs besides the station.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -139,6 +167,9 @@ where
 {
     opts.service.validate()?;
     let http = opts.http.resolve()?;
+    // Bound before the models load: a port in use fails now, not after a long load (which
+    // `Restart=on-failure` would repeat).
+    let bound = http::HttpServer::bind(http)?;
     let notifier = Notifier::from_env();
     // Signals first, so a SIGTERM during a long load is not lost (it is acted on once the load returns).
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -171,7 +202,7 @@ where
     }
     let server = match early_stop {
         Some(_) => None,
-        None => match http::HttpServer::start(state.clone(), http, opts.service.heartbeat_max_age()) {
+        None => match http::HttpServer::serve(bound, state.clone(), opts.service.heartbeat_max_age()) {
             Ok(s) => Some(s),
             Err(e) => {
                 loading.finish();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::station::StationState;
+use crate::telemetry::StationState;
 
 /// Sends notifications to the service manager named by `NOTIFY_SOCKET`.
 #[derive(Debug, Clone, Default)]

@@ -1,43 +1,12 @@
-//! Validation helpers for the sinks' configuration (errors name the key) and secrets that
-//! never show in logs.
+//! The sinks' configuration helpers: the range checks are the config's own (re-exported
+//! from `config::check`); secrets that never show in logs; MQTT topic levels.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-/// A finite number of seconds within `lo..=hi`, as a `Duration`.
-pub fn seconds(key: &str, v: f64, lo: f64, hi: f64) -> Result<Duration> {
-    if !v.is_finite() || v < lo || v > hi {
-        bail!("{key}: must be a number of seconds in {lo}..={hi}, got {v}");
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-/// An integer within `lo..=hi`.
-pub fn int<T: PartialOrd + fmt::Display + Copy>(key: &str, v: T, lo: T, hi: T) -> Result<T> {
-    if v < lo || v > hi {
-        bail!("{key}: must be in {lo}..={hi}, got {v}");
-    }
-    Ok(v)
-}
-
-/// A port other than 0.
-pub fn port(key: &str, v: u16) -> Result<u16> {
-    if v == 0 {
-        bail!("{key}: must be a port in 1..=65535, got 0");
-    }
-    Ok(v)
-}
-
-/// A non-empty string.
-pub fn non_empty<'a>(key: &str, v: &'a str) -> Result<&'a str> {
-    if v.trim().is_empty() {
-        bail!("{key}: must not be empty");
-    }
-    Ok(v)
-}
+pub use crate::config::check::{int, non_empty, port, seconds};
 
 /// A secret: its `Debug` and `Display` print `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]

@@ -1,6 +1,11 @@
 //! The results log: one JSON line per frame in `<dir>/results.jsonl` (rotated by size into
 //! results.1.jsonl, results.2.jsonl, ...) and, unless quiet, on stdout. Written by its own
-//! thread behind a bounded queue; a write error marks the sink degraded and is retried.
+//! thread behind a bounded queue. Nothing is lost without a trace:
+//! - a log deleted (or its folder removed) while running is noticed before the next line and
+//!   opened anew (logged, counted in `glad_sink_failures_total{sink="jsonl"}`);
+//! - a line is written whole or not at all: a failed write (disk full) is cut back to the last
+//!   whole line, the record counted as lost (`glad_sink_dropped_total{sink="jsonl"}`,
+//!   [`Sink::lost`]), the sink marked degraded; the next record tries again.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -13,7 +18,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
-use super::{FrameRecord, FrameResult, Health, Sink};
+use super::{FrameRecord, FrameResult, Health, Sink, SinkCounters};
+use crate::telemetry::StationState;
 
 enum Msg {
     Record(Arc<FrameRecord>),
@@ -24,7 +30,10 @@ pub struct JsonlSink {
     tx: Mutex<Option<Sender<Msg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     health: Arc<Mutex<Health>>,
+    /// Records refused because the queue was full.
     pub dropped: AtomicU64,
+    /// Records lost: refused, or not written (disk full, unwritable).
+    counters: Arc<SinkCounters>,
     pub path: PathBuf,
 }
 
@@ -36,6 +45,13 @@ struct Writer {
     keep: usize,
     stdout: bool,
     file: Option<(File, u64)>,
+    counters: Arc<SinkCounters>,
+}
+
+/// The identity of an open file, to notice it was deleted or replaced under us.
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 impl Writer {
@@ -63,6 +79,17 @@ impl Writer {
     }
 
     fn open(&mut self) -> Result<()> {
+        // Deleted, or its folder removed, since it was opened: writes would vanish.
+        if let Some((f, _)) = &self.file {
+            let here = std::fs::metadata(self.path(0)).ok().map(|m| file_id(&m));
+            let open = f.metadata().ok().map(|m| file_id(&m));
+            if here.is_none() || here != open {
+                tracing::warn!(path = %self.path(0).display(), "results log deleted or replaced while running: opening it anew");
+                self.counters.add_failure();
+                self.file = None;
+                std::fs::create_dir_all(&self.dir).with_context(|| format!("{}: cannot create results folder", self.dir.display()))?;
+            }
+        }
         if self.file.is_none() {
             let p = self.path(0);
             let f = OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("{}: cannot open", p.display()))?;
@@ -87,6 +114,11 @@ impl Writer {
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         if let Err(e) = f.write_all(&buf) {
+            // Cut a partial line back so the log holds whole lines only (an append-mode file
+            // writes at its end: its length before this line is `size`).
+            if let Err(t) = f.set_len(*size) {
+                tracing::warn!(error = %t, "results log: cannot cut back a partial line");
+            }
             self.file = None;
             bail!("{}: cannot write: {e}", self.path(0).display());
         }
@@ -98,11 +130,17 @@ impl Writer {
 impl JsonlSink {
     /// `dir` is created; `max_bytes` rotates the log, `keep` rotated files are kept.
     pub fn new(dir: &Path, max_bytes: u64, keep: usize, stdout: bool) -> Result<JsonlSink> {
+        Self::with_state(dir, max_bytes, keep, stdout, None)
+    }
+
+    /// [`JsonlSink::new`] counting into a station's metrics.
+    pub fn with_state(dir: &Path, max_bytes: u64, keep: usize, stdout: bool, state: Option<Arc<StationState>>) -> Result<JsonlSink> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create results folder", dir.display()))?;
         let (tx, rx) = bounded::<Msg>(QUEUE);
         let health = Arc::new(Mutex::new(Health::Ok));
         let h = health.clone();
-        let mut w = Writer { dir: dir.to_path_buf(), max_bytes, keep, stdout, file: None };
+        let counters = Arc::new(SinkCounters::new("jsonl", state));
+        let mut w = Writer { dir: dir.to_path_buf(), max_bytes, keep, stdout, file: None, counters: counters.clone() };
         let path = w.path(0);
         let thread = std::thread::Builder::new()
             .name("sink-jsonl".into())
@@ -112,6 +150,10 @@ impl JsonlSink {
                         Msg::Record(r) => {
                             let line = serde_json::to_string(&*r).expect("records serialize");
                             let res = w.write(&line);
+                            if let Err(e) = &res {
+                                tracing::error!(camera = %r.camera, seq = r.seq, error = %format!("{e:#}"), "results log: record lost");
+                                w.counters.add_dropped(1);
+                            }
                             let mut h = h.lock().expect("health lock");
                             *h = match res {
                                 Ok(()) => Health::Ok,
@@ -129,7 +171,7 @@ impl JsonlSink {
                 }
             })
             .context("cannot start the JSONL writer")?;
-        Ok(JsonlSink { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), health, dropped: AtomicU64::new(0), path })
+        Ok(JsonlSink { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), health, dropped: AtomicU64::new(0), counters, path })
     }
 
     /// Writes everything queued and stops the writer thread.
@@ -159,6 +201,7 @@ impl Sink for JsonlSink {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.add_dropped(1);
             }
         }
     }
@@ -173,5 +216,9 @@ impl Sink for JsonlSink {
 
     fn health(&self) -> Health {
         self.health.lock().expect("health lock").clone()
+    }
+
+    fn lost(&self) -> u64 {
+        self.counters.dropped()
     }
 }

@@ -9,7 +9,6 @@ pub mod modbus_config;
 pub mod mqtt;
 pub mod mqtt_config;
 pub mod outbox;
-pub mod record;
 pub mod store;
 pub mod webhook;
 pub mod webhook_config;
@@ -20,18 +19,18 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+pub use crate::record::{FrameRecord, FrameResult, Stored, Verdict};
 pub use jsonl::JsonlSink;
 pub use modbus::ModbusSink;
 pub use modbus_config::ModbusConfig;
 pub use mqtt::MqttSink;
 pub use mqtt_config::MqttConfig;
-pub use record::{FrameRecord, FrameResult, Stored, Verdict};
 pub use store::{ImageStore, StoreConfig};
 pub use webhook::WebhookSink;
 pub use webhook_config::WebhookConfig;
 
-use crate::station::metrics::SinkLabel;
-use crate::station::StationState;
+use crate::telemetry::metrics::SinkLabel;
+use crate::telemetry::StationState;
 
 /// A sink's health as `/readyz` and `/metrics` report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +49,11 @@ pub trait Sink: Send + Sync {
     fn flush(&self, timeout: Duration) -> Result<()>;
     fn health(&self) -> Health {
         Health::Ok
+    }
+    /// Records this sink was handed and lost for good (not written, not queued for a retry).
+    /// The results log reports them; `glad run` exits non-zero when any were lost.
+    fn lost(&self) -> u64 {
+        0
     }
 }
 

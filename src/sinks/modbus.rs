@@ -35,7 +35,7 @@ use tokio_modbus::{ExceptionCode, Request, Response};
 
 use super::modbus_config::ModbusSettings;
 use super::{FrameRecord, FrameResult, Health, Sink, Verdict};
-use crate::station::StationState;
+use crate::telemetry::StationState;
 
 /// Holding registers per camera block.
 pub const BLOCK: usize = 16;
@@ -94,9 +94,15 @@ impl Map {
         true
     }
 
-    fn range(len: usize, addr: u16, qty: u16) -> Result<std::ops::Range<usize>, ExceptionCode> {
+    /// The addressed range. A quantity outside the protocol's limits for the function
+    /// (`max`: 125 registers, 2000 coils; 0 never) is an illegal data value (0x03), as the
+    /// Modbus specification orders; a valid quantity past the map an illegal address (0x02).
+    fn range(len: usize, addr: u16, qty: u16, max: u16) -> Result<std::ops::Range<usize>, ExceptionCode> {
         let (a, n) = (addr as usize, qty as usize);
-        if n == 0 || a + n > len {
+        if qty == 0 || qty > max {
+            return Err(ExceptionCode::IllegalDataValue);
+        }
+        if a + n > len {
             return Err(ExceptionCode::IllegalDataAddress);
         }
         Ok(a..a + n)
@@ -114,26 +120,30 @@ impl Service {
         let mut map = self.map.lock().expect("modbus map lock");
         match req {
             Request::ReadHoldingRegisters(a, n) => {
-                let r = Map::range(map.regs.len(), a, n)?;
+                let r = Map::range(map.regs.len(), a, n, 125)?;
                 Ok(Response::ReadHoldingRegisters(map.regs[r].to_vec()))
             }
             Request::ReadInputRegisters(a, n) => {
-                let r = Map::range(map.regs.len(), a, n)?;
+                let r = Map::range(map.regs.len(), a, n, 125)?;
                 Ok(Response::ReadInputRegisters(map.regs[r].to_vec()))
             }
             Request::ReadCoils(a, n) => {
-                let r = Map::range(map.coils.len(), a, n)?;
+                let r = Map::range(map.coils.len(), a, n, 2000)?;
                 Ok(Response::ReadCoils(map.coils[r].to_vec()))
             }
             Request::WriteSingleCoil(a, v) => {
-                let r = Map::range(map.coils.len(), a, 1)?;
-                self.set_coil(&mut map, r.start, v);
+                let r = Map::range(map.coils.len(), a, 1, 1)?;
+                self.check_coil(&map, r.start, v)?;
+                self.set_coil(&mut map, r.start, v)?;
                 Ok(Response::WriteSingleCoil(a, v))
             }
             Request::WriteMultipleCoils(a, vs) => {
-                let r = Map::range(map.coils.len(), a, vs.len() as u16)?;
+                let r = Map::range(map.coils.len(), a, vs.len().min(u16::MAX as usize) as u16, 1968)?;
+                for (i, &v) in r.clone().zip(vs.iter()) {
+                    self.check_coil(&map, i, v)?;
+                }
                 for (i, &v) in r.zip(vs.iter()) {
-                    self.set_coil(&mut map, i, v);
+                    self.set_coil(&mut map, i, v)?;
                 }
                 Ok(Response::WriteMultipleCoils(a, vs.len() as u16))
             }
@@ -145,18 +155,33 @@ impl Service {
         }
     }
 
-    fn set_coil(&self, map: &mut Map, i: usize, v: bool) {
+    /// A trigger coil of a camera that streams continuously is refused (illegal data value),
+    /// as HTTP answers 409.
+    fn check_coil(&self, map: &Map, i: usize, v: bool) -> Result<(), ExceptionCode> {
+        let continuous = self.state.as_ref().and_then(|s| s.cameras.get(&map.cameras[i])).is_some_and(|c| !c.triggered);
+        if v && continuous {
+            tracing::warn!(camera = %map.cameras[i], "modbus: trigger coil of a camera without `trigger: true` refused");
+            return Err(ExceptionCode::IllegalDataValue);
+        }
+        Ok(())
+    }
+
+    /// Sets a coil; a rising edge fires the camera's trigger. A full trigger queue answers
+    /// "server device busy" (0x06) and leaves the coil clear: the PLC may retry.
+    fn set_coil(&self, map: &mut Map, i: usize, v: bool) -> Result<(), ExceptionCode> {
         let was = map.coils[i];
-        map.coils[i] = v;
         if v && !was {
             let camera = &map.cameras[i];
             tracing::debug!(camera, "modbus: trigger coil set");
             if let Some(s) = &self.state {
                 if let Err(e) = s.triggers.fire(camera) {
-                    tracing::warn!(camera, error = %e, "modbus: trigger for a camera the station does not have");
+                    tracing::warn!(camera, error = %e, "modbus: trigger refused");
+                    return Err(ExceptionCode::ServerDeviceBusy);
                 }
             }
         }
+        map.coils[i] = v;
+        Ok(())
     }
 }
 
@@ -200,15 +225,7 @@ impl ModbusSink {
         let thread = std::thread::Builder::new()
             .name("sink-modbus".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "modbus: cannot start the runtime");
-                        failed2.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                };
-                rt.block_on(serve(listener, service, map2, hb, stop_rx, failed2));
+                crate::asyncrt::runtime().block_on(serve(listener, service, map2, hb, stop_rx, failed2));
             })
             .context("starting the modbus thread")?;
         tracing::info!(%addr, cameras = n, "modbus: serving");
@@ -242,7 +259,7 @@ async fn serve(
             return;
         }
     };
-    tokio::spawn(async move {
+    let beat = tokio::spawn(async move {
         let mut t = tokio::time::interval(heartbeat);
         loop {
             t.tick().await;
@@ -265,6 +282,8 @@ async fn serve(
         tracing::error!(error = %e, "modbus: server stopped");
         failed.store(true, Ordering::Relaxed);
     }
+    // The runtime is shared: tasks of this sink end with it.
+    beat.abort();
 }
 
 impl Sink for ModbusSink {

@@ -58,6 +58,11 @@ impl ModbusConfig {
     pub fn settings(&self, cameras: &[String]) -> Result<ModbusSettings> {
         const K: &str = "sinks.modbus";
         let ip: IpAddr = self.listen.parse().with_context(|| format!("{K}.listen: not an IP address: `{}`", self.listen))?;
+        if let Some(named) = &self.cameras {
+            if let Some(c) = named.iter().find(|c| !cameras.contains(c)) {
+                bail!("{K}.cameras: `{c}` is not a camera of the station (its cameras: {})", cameras.join(", "));
+            }
+        }
         let cameras = self.cameras.clone().unwrap_or_else(|| cameras.to_vec());
         if cameras.is_empty() {
             bail!("{K}.cameras: no camera to map");
@@ -95,5 +100,13 @@ mod tests {
         let bad = ModbusConfig { heartbeat_interval_s: -1.0, ..c.clone() };
         assert!(bad.settings(&["a".into()]).unwrap_err().to_string().contains("sinks.modbus.heartbeat_interval_s"));
         assert!(c.settings(&[]).unwrap_err().to_string().contains("sinks.modbus.cameras"));
+    }
+
+    #[test]
+    fn cameras_must_be_the_stations() {
+        let c = ModbusConfig::new(1502, &["cam0", "nope"]);
+        let e = c.settings(&["cam0".into()]).unwrap_err().to_string();
+        assert!(e.contains("sinks.modbus.cameras") && e.contains("nope"), "{e}");
+        assert!(ModbusConfig::new(1502, &["cam0"]).settings(&["cam0".into(), "cam1".into()]).is_ok());
     }
 }

@@ -28,7 +28,7 @@ use super::check::topic_level;
 use super::mqtt_config::{MqttSettings, MqttTlsConfig};
 use super::outbox::Outbox;
 use super::{FrameRecord, FrameResult, Health, Sink, SinkCounters};
-use crate::station::StationState;
+use crate::telemetry::StationState;
 
 /// Records whose JSON is larger are dropped and counted (a record is normally about 1 KiB).
 pub const MAX_PAYLOAD: usize = 256 * 1024;
@@ -121,14 +121,7 @@ impl MqttSink {
         let thread = std::thread::Builder::new()
             .name("sink-mqtt".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "mqtt: cannot start the runtime");
-                        return;
-                    }
-                };
-                rt.block_on(worker.run(options));
+                crate::asyncrt::runtime().block_on(worker.run(options));
             })
             .context("starting the mqtt sink thread")?;
         Ok(MqttSink { tx, ctl, shared, only_ng, thread: Mutex::new(Some(thread)) })

@@ -50,6 +50,18 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Size of the file system holding `dir`.
+pub fn fs_size(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_blocks as u64 * st.f_frsize as u64)
+}
+
 fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).map_err(|e| anyhow::anyhow!("cannot encode PNG: {e}"))?;
@@ -73,6 +85,16 @@ impl ImageStore {
     pub fn new(cfg: StoreConfig) -> Result<ImageStore> {
         let images = cfg.dir.join("images");
         std::fs::create_dir_all(&images).with_context(|| format!("{}: cannot create the image folder", images.display()))?;
+        // A floor the file system can never reach would delete every stored image for each new one.
+        if let Some(size) = fs_size(&images) {
+            if cfg.min_free_bytes >= size {
+                anyhow::bail!(
+                    "key `results.min_free_bytes`: {} bytes is not below the size of the file system holding {} ({size} bytes)",
+                    cfg.min_free_bytes,
+                    images.display()
+                );
+            }
+        }
         let mut entries: Vec<(PathBuf, u64)> = Vec::new();
         for e in std::fs::read_dir(&images).with_context(|| format!("{}: cannot list", images.display()))?.flatten() {
             let p = e.path();

@@ -14,7 +14,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use super::webhook_config::WebhookSettings;
 use super::{FrameRecord, FrameResult, Health, Sink, SinkCounters};
-use crate::station::StationState;
+use crate::telemetry::StationState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WebhookStats {

@@ -71,6 +71,38 @@ pub struct WebhookSettings {
     pub queue_capacity: usize,
 }
 
+/// The parts of a URL a client would otherwise bend: no whitespace or control characters, a
+/// host, and a port (when given) in 1..=65535 (a larger one was sent to port 80).
+fn check_url(url: &str) -> std::result::Result<(), String> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters (percent-encode them)".into());
+    }
+    let rest = url.split_once("://").map_or(url, |p| p.1);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |p| p.1);
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return Err("an IPv6 host without its closing `]`".into()),
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => return Err(format!("port `{p}` is not in 1..=65535")),
+        }
+    }
+    Ok(())
+}
+
 impl WebhookConfig {
     pub fn new(url: &str) -> WebhookConfig {
         WebhookConfig {
@@ -92,6 +124,7 @@ impl WebhookConfig {
         if !(lower.starts_with("http://") || lower.starts_with("https://")) || self.url.len() < 10 {
             bail!("{K}.url: must be an http:// or https:// URL, got `{}`", self.url);
         }
+        check_url(&self.url).map_err(|e| anyhow::anyhow!("{K}.url: {e}, got `{}`", self.url))?;
         let valid_name = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         let mut headers = Vec::new();
         for (n, v) in &self.headers {
@@ -149,5 +182,11 @@ mod tests {
         let bad = WebhookConfig { timeout_s: 0.0, ..c.clone() };
         assert!(bad.settings().unwrap_err().to_string().contains("sinks.webhook.timeout_s"));
         assert!(serde_yaml::from_str::<WebhookConfig>("url: http://a/b\nretry: 1\n").is_err());
+        for bad in ["http://mes.local:70000/x", "http://mes.local:0/x", "http://mes local/x", "http://mes.local:/x", "https://:8080/x"] {
+            let e = WebhookConfig::new(bad).settings().unwrap_err().to_string();
+            assert!(e.contains("sinks.webhook.url"), "{bad}: {e}");
+        }
+        assert!(WebhookConfig::new("http://[::1]:8080/x").settings().is_ok());
+        assert!(WebhookConfig::new("https://user@mes.local:8443/a?b=c").settings().is_ok());
     }
 }

@@ -61,13 +61,27 @@ pub fn rgb_to_yuyv(img: &RgbImage) -> Vec<u8> {
     out
 }
 
-/// Decodes a frame to RGB.
+/// Decodes a frame to RGB: encoded frames through `imaging`'s one decoder (limits,
+/// truncation, EXIF orientation), raw ones after `imaging`'s size checks (no empty frame, no
+/// frame over the limits) and an exact byte count.
 pub fn decode_frame(frame: &Frame) -> Result<RgbImage> {
+    if frame.bytes.is_empty() {
+        bail!("empty frame (0 bytes)");
+    }
     match frame.format {
-        PixelFormat::Mjpeg => crate::imaging::decode_rgb(&frame.bytes),
-        PixelFormat::Yuyv { w, h } => yuyv_to_rgb(&frame.bytes, w, h),
-        PixelFormat::Rgb { w, h } => RgbImage::from_raw(w, h, frame.bytes.to_vec())
-            .ok_or_else(|| anyhow::anyhow!("RGB {w}x{h} needs {} bytes, the frame has {}", w as u64 * h as u64 * 3, frame.bytes.len())),
+        PixelFormat::Mjpeg | PixelFormat::Encoded => crate::imaging::decode_rgb(&frame.bytes),
+        PixelFormat::Yuyv { w, h } => {
+            crate::imaging::check_raw_size(w, h, 2)?;
+            yuyv_to_rgb(&frame.bytes, w, h)
+        }
+        PixelFormat::Rgb { w, h } => {
+            crate::imaging::check_raw_size(w, h, 3)?;
+            let need = w as u64 * h as u64 * 3;
+            if frame.bytes.len() as u64 != need {
+                bail!("RGB {w}x{h} needs {need} bytes, the frame has {}", frame.bytes.len());
+            }
+            Ok(RgbImage::from_raw(w, h, frame.bytes.to_vec()).expect("sized above"))
+        }
     }
 }
 

@@ -1,6 +1,5 @@
 //! Frame sources: the `FrameSource` trait the station reads, a V4L2 camera, a replay of
-//! recorded frames or images, a fault-injecting fake device, and the reconnect policy;
-//! `walk` lists image files under paths (every command and the replay source use it).
+//! recorded frames or images, a fault-injecting fake device, and the reconnect policy.
 //! Sources know nothing about GLAD or sinks.
 
 pub mod camera;
@@ -9,7 +8,6 @@ pub mod fake;
 pub mod reconnect;
 pub mod replay;
 pub mod v4l2;
-pub mod walk;
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,6 +21,8 @@ pub use reconnect::{run_capture, Backoff, CaptureEvent};
 pub enum PixelFormat {
     /// One JPEG image per frame (size in its header).
     Mjpeg,
+    /// An encoded image file of any format `imaging` decodes (PNG, JPEG, BMP, TIFF): replayed images.
+    Encoded,
     /// Packed YUV 4:2:2 (Y0 U Y1 V), `w * h * 2` bytes.
     Yuyv { w: u32, h: u32 },
     /// Packed 8-bit RGB, `w * h * 3` bytes.
@@ -33,6 +33,7 @@ impl fmt::Display for PixelFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PixelFormat::Mjpeg => write!(f, "MJPEG"),
+            PixelFormat::Encoded => write!(f, "encoded image"),
             PixelFormat::Yuyv { w, h } => write!(f, "YUYV {w}x{h}"),
             PixelFormat::Rgb { w, h } => write!(f, "RGB {w}x{h}"),
         }
@@ -96,15 +97,4 @@ pub trait FrameSource: Send {
     /// The next frame, waiting at most `timeout`.
     fn next_frame(&mut self, timeout: Duration) -> Result<Frame, SourceError>;
     fn close(&mut self);
-}
-
-/// Image files under `dir`, sorted by path (folders searched recursively): the replay
-/// source's listing, through the one walker every command uses (regular files only, each
-/// folder once); a missing folder or unreadable entry is an error here.
-pub fn sorted_images(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let w = walk::images(&[dir.to_path_buf()]);
-    if !w.problems.is_empty() {
-        anyhow::bail!("{}", w.messages().join("; "));
-    }
-    Ok(w.files)
 }

@@ -48,7 +48,10 @@ pub fn write_recording(dir: &Path, format: Fourcc, width: u32, height: u32, buff
 
 pub struct ReplaySource {
     camera: String,
-    frames: Vec<(PixelFormat, Arc<[u8]>)>,
+    /// The frames' files, read one at a time when due (a folder is never held in memory).
+    frames: Vec<(PixelFormat, PathBuf)>,
+    /// Largest frame file read (`limits.max_image_bytes`).
+    max_bytes: u64,
     fps: f64,
     looping: bool,
     pos: usize,
@@ -56,41 +59,50 @@ pub struct ReplaySource {
     next_due: Option<Instant>,
 }
 
+/// A frame file must be a regular file (never a FIFO or a device such as /dev/zero) no
+/// larger than `max_bytes`.
+fn check_frame_file(p: &Path, max_bytes: u64) -> Result<()> {
+    let meta = std::fs::metadata(p).with_context(|| format!("{}: cannot read frame", p.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file (a FIFO, socket or device is never read)", p.display());
+    }
+    if meta.len() > max_bytes {
+        bail!("{}: frame file is {} bytes, over `limits.max_image_bytes` ({max_bytes})", p.display(), meta.len());
+    }
+    Ok(())
+}
+
 impl ReplaySource {
-    /// Loads every frame of `path` into memory (a folder of images, or a recording with an
-    /// `index.yaml`). JPEG files are delivered as MJPEG frames, other images decoded to RGB.
+    /// Lists the frames of `path` (a folder of images, or a recording with an `index.yaml`),
+    /// checking that each is a regular file within the image limits; each is read when it is
+    /// due. Image files are delivered encoded and decoded by the station like any file
+    /// (limits, truncation, EXIF orientation); recordings in their own format.
     pub fn open_path(camera: &str, path: &Path, fps: f64, looping: bool) -> Result<ReplaySource> {
         let idx_path = path.join(RecordingIndex::FILE);
+        let max_bytes = crate::imaging::limits().max_image_bytes;
         let mut frames = Vec::new();
         if idx_path.is_file() {
             let text = std::fs::read_to_string(&idx_path).with_context(|| format!("{}: cannot read", idx_path.display()))?;
-            let idx: RecordingIndex = crate::bundle::parse_yaml(&idx_path, &text)?;
+            let idx: RecordingIndex = crate::yaml::parse_yaml(&idx_path, &text)?;
             let fmt = match idx.format {
                 Fourcc::Mjpeg => PixelFormat::Mjpeg,
                 Fourcc::Yuyv => PixelFormat::Yuyv { w: idx.width, h: idx.height },
             };
             for f in &idx.frames {
                 let p = path.join(f);
-                let b = std::fs::read(&p).with_context(|| format!("{}: cannot read frame", p.display()))?;
-                frames.push((fmt, Arc::from(b)));
+                check_frame_file(&p, max_bytes)?;
+                frames.push((fmt, p));
             }
         } else {
-            for p in super::sorted_images(path)? {
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-                if ext == "jpg" || ext == "jpeg" {
-                    let b = std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-                    frames.push((PixelFormat::Mjpeg, Arc::from(b)));
-                } else {
-                    let img = crate::imaging::load_rgb(&p)?;
-                    let (w, h) = img.dimensions();
-                    frames.push((PixelFormat::Rgb { w, h }, Arc::from(img.into_raw())));
-                }
+            for p in crate::files::sorted_images(path)? {
+                check_frame_file(&p, max_bytes)?;
+                frames.push((PixelFormat::Encoded, p));
             }
         }
         if frames.is_empty() {
             bail!("{}: no frames to replay (images or {})", path.display(), RecordingIndex::FILE);
         }
-        Ok(ReplaySource { camera: camera.to_string(), frames, fps, looping, pos: 0, seq: 0, next_due: None })
+        Ok(ReplaySource { camera: camera.to_string(), frames, max_bytes, fps, looping, pos: 0, seq: 0, next_due: None })
     }
 
     pub fn len(&self) -> usize {
@@ -134,11 +146,17 @@ impl FrameSource for ReplaySource {
             let period = Duration::from_secs_f64(1.0 / self.fps);
             self.next_due = Some((due + period).max(Instant::now()));
         }
-        let (format, bytes) = self.frames[self.pos].clone();
+        let (format, path) = self.frames[self.pos].clone();
         self.pos += 1;
         let seq = self.seq;
         self.seq += 1;
-        Ok(Frame { camera: self.camera.clone(), seq, t_capture: SystemTime::now(), format, bytes })
+        // Checked again: the file may have been replaced since the listing.
+        let bytes = check_frame_file(&path, self.max_bytes)
+            .and_then(|()| std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display())));
+        match bytes {
+            Ok(b) => Ok(Frame { camera: self.camera.clone(), seq, t_capture: SystemTime::now(), format, bytes: Arc::from(b) }),
+            Err(e) => Err(SourceError::BadFrame { kind: "read", seq, message: format!("{e:#}") }),
+        }
     }
 
     fn close(&mut self) {}

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::parse_yaml;
-use crate::config::{Calibration, Config, NoiseConfig};
+use crate::config::{check, Calibration, Config, NoiseConfig};
+use crate::engine::{EngineSpec, VerdictSpec};
 use crate::glad::ParamOverrides;
 use crate::runtime::RuntimeConfig;
 use crate::sources::fake::Fault;
 use crate::sources::{Backoff, Fourcc};
+use crate::yaml::parse_yaml;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,12 +33,14 @@ pub struct StationConfig {
     /// Extra outputs; the factory-integration sinks (`mqtt`, `modbus`, `webhook`) go here.
     #[serde(default)]
     pub sinks: SinksConfig,
-    /// `glad serve`'s HTTP face (bind address, trigger token); unused by `glad run`.
-    #[serde(default)]
-    pub http: crate::service::HttpConfig,
-    /// `glad serve`'s systemd behaviour (drain bound, watchdog, load extensions).
-    #[serde(default)]
-    pub service: crate::service::ServiceConfig,
+    /// `glad serve`'s HTTP face (bind address, trigger token): owned, parsed and checked by
+    /// the service layer (`service::ServeSections`); kept here as YAML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<serde_yaml::Value>,
+    /// `glad serve`'s systemd behaviour (drain bound, watchdog, load extensions): owned by
+    /// the service layer like `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,22 +355,30 @@ impl CameraConfig {
     }
 }
 
+/// The config's checks (`config::check`) with the file named in front.
+/// Longest camera name.
+pub const MAX_CAMERA_NAME: usize = 64;
+
 struct Check<'a> {
     file: &'a Path,
 }
 
 impl Check<'_> {
+    fn named(&self, r: Result<impl Sized>) -> Result<()> {
+        r.map(|_| ()).map_err(|e| anyhow::anyhow!("{}: {e:#}", self.file.display()))
+    }
     fn num(&self, key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
-        if !v.is_finite() || v < lo || v > hi {
-            bail!("{}: key `{key}`: {v} is out of range (expected {lo} ..= {hi})", self.file.display());
-        }
-        Ok(())
+        self.named(check::number(&format!("key `{key}`"), v, lo, hi))
     }
     fn int(&self, key: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
-        if v < lo || v > hi {
-            bail!("{}: key `{key}`: {v} is out of range (expected {lo} ..= {hi})", self.file.display());
+        self.named(check::int(&format!("key `{key}`"), v, lo, hi))
+    }
+    /// A frame rate: 0 (as fast as frames come) or 0.001 ..= `hi` (a period that fits a `Duration`).
+    fn fps(&self, key: &str, v: f64, hi: f64) -> Result<()> {
+        if v == 0.0 {
+            return Ok(());
         }
-        Ok(())
+        self.num(key, v, 0.001, hi).map_err(|e| anyhow::anyhow!("{e:#} (or 0)"))
     }
     fn fail(&self, key: &str, msg: impl std::fmt::Display) -> anyhow::Error {
         anyhow::anyhow!("{}: key `{key}`: {msg}", self.file.display())
@@ -375,6 +386,21 @@ impl Check<'_> {
 }
 
 impl StationConfig {
+    /// The engine recipe of camera `i` (`engine::EngineSpec`: the same layering, noise and
+    /// threshold rules as `glad inspect`). Its threshold is resolved per camera
+    /// (`CamSettings`), so the spec carries none.
+    pub fn engine_spec(&self, i: usize) -> EngineSpec {
+        let c = &self.cameras[i];
+        EngineSpec {
+            bundle_dir: c.bundle.clone(),
+            runtime: self.runtime.clone(),
+            preset: c.preset.clone(),
+            layers: vec![(format!("station config: key `cameras[{i}].glad.{{}}`"), c.glad.clone())],
+            noise: self.noise.clone(),
+            verdict: VerdictSpec::default(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<StationConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read station config", path.display()))?;
         Self::from_yaml(path, &text)
@@ -405,6 +431,8 @@ impl StationConfig {
         ck.int("results.jsonl_max_bytes", r.jsonl_max_bytes, 1024, u64::MAX)?;
         ck.int("results.jsonl_keep", r.jsonl_keep as u64, 0, 10_000)?;
         ck.int("results.quota_bytes", r.quota_bytes, 1, u64::MAX)?;
+        // Checked against the file system's size when the store opens; this bounds typos.
+        ck.int("results.min_free_bytes", r.min_free_bytes, 0, 1 << 50)?;
         if self.cameras.is_empty() {
             return Err(ck.fail("cameras", "at least one camera"));
         }
@@ -414,20 +442,24 @@ impl StationConfig {
             if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
                 return Err(ck.fail(&k("name"), format!("`{}`: use letters, digits, - and _", c.name)));
             }
+            // Camera names go into file names of stored images (with a time stamp and a suffix).
+            if c.name.len() > MAX_CAMERA_NAME {
+                return Err(ck.fail(&k("name"), format!("{} characters, at most {MAX_CAMERA_NAME}", c.name.len())));
+            }
             if !names.insert(c.name.clone()) {
                 return Err(ck.fail(&k("name"), format!("camera `{}` is defined twice", c.name)));
             }
             match &c.source {
-                SourceConfig::Replay { fps, .. } => ck.num(&k("source.replay.fps"), *fps, 0.0, 10_000.0)?,
+                SourceConfig::Replay { fps, .. } => ck.fps(&k("source.replay.fps"), *fps, 10_000.0)?,
                 SourceConfig::V4l2 { width, height, fps, .. } => {
                     ck.int(&k("source.v4l2.width"), *width as u64, 1, 16384)?;
                     ck.int(&k("source.v4l2.height"), *height as u64, 1, 16384)?;
-                    ck.num(&k("source.v4l2.fps"), *fps, 0.0, 1000.0)?;
+                    ck.fps(&k("source.v4l2.fps"), *fps, 1000.0)?;
                 }
                 SourceConfig::Fake { width, height, fps, format, faults, .. } => {
                     ck.int(&k("source.fake.width"), *width as u64, 2, 16384)?;
                     ck.int(&k("source.fake.height"), *height as u64, 1, 16384)?;
-                    ck.num(&k("source.fake.fps"), *fps, 0.0, 10_000.0)?;
+                    ck.fps(&k("source.fake.fps"), *fps, 10_000.0)?;
                     if *format == Fourcc::Yuyv && width % 2 != 0 {
                         return Err(ck.fail(&k("source.fake.width"), "YUYV needs an even width"));
                     }
@@ -440,7 +472,7 @@ impl StationConfig {
                 }
             }
             if let Some(t) = c.threshold {
-                ck.num(&k("threshold"), t as f64, f32::MIN as f64, f32::MAX as f64)?;
+                ck.named(check::threshold(&format!("key `{}`", k("threshold")), t))?;
             }
             ck.num(&k("max_age_ms"), c.max_age_ms, 1.0, 3_600_000.0)?;
             ck.int(&k("queue"), c.queue as u64, 1, 100_000)?;
@@ -468,8 +500,6 @@ impl StationConfig {
             return Err(ck.fail("name", "a station name of 1 to 64 characters"));
         }
         let cameras: Vec<String> = self.cameras.iter().map(|c| c.name.clone()).collect();
-        self.service.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
-        self.http.resolve().map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
         self.sinks.validate(file, &self.name, &cameras)
     }
 }
@@ -506,6 +536,17 @@ mod tests {
             (format!("{BASE}    every_nth: 0\n"), "cameras[0].every_nth"),
             (format!("{BASE}    max_fps: .inf\n"), "cameras[0].max_fps"),
             (format!("{BASE}    threshold: .nan\n"), "cameras[0].threshold"),
+            // 0 and below make every frame anomalous, 1e40 every frame normal: refused, as by `glad inspect`.
+            (format!("{BASE}    threshold: 0\n"), "cameras[0].threshold"),
+            (format!("{BASE}    threshold: -1\n"), "cameras[0].threshold"),
+            (format!("{BASE}    threshold: 1e40\n"), "cameras[0].threshold"),
+            // A period of 1e20 s overflows a Duration (the camera thread panicked).
+            (BASE.replace("fps: 5", "fps: 1e-20"), "cameras[0].source.replay.fps"),
+            (BASE.replace("name: cam0", &format!("name: {}", "c".repeat(65))), "cameras[0].name"),
+            (
+                format!("{BASE}results: {{dir: x, min_free_bytes: 1000000000000000000}}\n").replace("results: {dir: out/x}\n", ""),
+                "results.min_free_bytes",
+            ),
             (format!("{BASE}scheduler: {{max_batch: 0}}\n"), "scheduler.max_batch"),
             (format!("{BASE}scheduler: {{batch_window_ms: -3}}\n"), "scheduler.batch_window_ms"),
             (format!("{BASE}scheduler: {{backoff_initial_ms: 100, backoff_max_ms: 50}}\n"), "scheduler.backoff_max_ms"),

@@ -1,13 +1,10 @@
 //! The station: cameras → frame policy → batcher per bundle → engine → verdict → sinks.
+//! It reports through `telemetry` (re-exported here for the wiring layers).
 
 pub mod config;
-pub mod metrics;
 pub mod runner;
-pub mod state;
-pub mod trigger;
 
+pub use crate::telemetry::{metrics, state, trigger};
+pub use crate::telemetry::{CameraState, CameraStatus, Heartbeat, Heartbeats, Metrics, StationState, Triggers};
 pub use config::StationConfig;
-pub use metrics::Metrics;
 pub use runner::{StartOptions, Station};
-pub use state::{CameraState, Heartbeat, Heartbeats, StationState};
-pub use trigger::Triggers;

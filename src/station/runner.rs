@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -15,19 +15,21 @@ use image::RgbImage;
 use ndarray::{Array3, Array4, Axis};
 
 use super::config::{ms, CameraConfig, Policy, Roi, SourceConfig, StationConfig};
-use super::metrics::{ComponentLabel, ErrorLabel, FrameLabel, ModelLabel, QueueLabel, StageLabel};
-use super::{Metrics, StationState};
 use crate::config::Calibration;
-use crate::engine::{Engine, NoiseSource};
+use crate::engine::{resolve_verdict, Engine, EngineFacts, NoiseSource, VerdictRule, VerdictSpec};
+use crate::files;
 use crate::imaging;
 use crate::pipeline::ImageTimes;
-use crate::sinks::{FrameRecord, FrameResult, Health, ImageStore, JsonlSink, Sink, SinkContext, StoreConfig, Stored, Verdict};
+use crate::record::{FrameRecord, FrameResult, Origin, Stored, Verdict};
+use crate::sinks::{Health, ImageStore, JsonlSink, Sink, SinkContext, StoreConfig};
 use crate::sources::fake::FakeDevice;
 use crate::sources::replay::ReplaySource;
 use crate::sources::v4l2::V4l2Device;
 use crate::sources::{run_capture, CameraSource, CaptureEvent, Frame, FrameSource, Mode};
+use crate::telemetry::metrics::{ComponentLabel, ErrorLabel, FrameLabel, ModelLabel, QueueLabel, StageLabel};
+use crate::telemetry::{CameraStatus, Metrics, StationState};
 
-pub const GLAD_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::record::GLAD_VERSION;
 
 /// What `reload` may change without a restart.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,27 +40,38 @@ pub struct CamSettings {
     pub max_fps: Option<f64>,
     pub every_nth: Option<u64>,
     pub max_age_ms: f64,
-    /// The bundle's own calibration (`glad calibrate --write-bundle`), in force only when the
-    /// camera sets neither `threshold` nor `calibration` and runs the bundle's defaults.
-    pub bundle_threshold: Option<f32>,
+    /// The verdict rule these resolve to (`engine::resolve_verdict`, the rule `glad inspect`
+    /// applies: calibration, else `threshold`, else the bundle's own calibration).
+    pub verdict: VerdictRule,
 }
 
 impl CamSettings {
-    fn from_config(c: &CameraConfig) -> Result<CamSettings> {
+    /// The camera's settings, its threshold resolved against the engine it runs on.
+    fn from_config(c: &CameraConfig, engine: &EngineFacts) -> Result<CamSettings> {
+        let calibration = c.load_calibration()?;
+        let spec = VerdictSpec {
+            flag: None,
+            calibration: calibration.clone().map(|cal| {
+                let from = c.calibration.as_ref().map_or(String::new(), |p| p.display().to_string());
+                (cal, format!("camera `{}`: calibration {from}", c.name))
+            }),
+            threshold: c.threshold.map(|t| (t, format!("camera `{}`: key `threshold`", c.name))),
+        };
+        let verdict = resolve_verdict(&spec, engine)?;
         Ok(CamSettings {
             threshold: c.threshold,
-            calibration: c.load_calibration()?,
+            calibration,
             roi: c.roi,
             max_fps: c.max_fps,
             every_nth: c.every_nth,
             max_age_ms: c.max_age_ms,
-            bundle_threshold: None,
+            verdict,
         })
     }
 
-    /// The threshold in force: the calibration's, else `threshold`, else the bundle's.
+    /// The threshold in force.
     pub fn threshold(&self) -> Option<f32> {
-        self.calibration.as_ref().map(|c| c.threshold).or(self.threshold).or(self.bundle_threshold)
+        self.verdict.threshold
     }
 }
 
@@ -75,10 +88,28 @@ struct Cam {
     live: Mutex<Option<Queued>>,
     queue: (Sender<Queued>, Receiver<Queued>),
     bundle_hash: String,
+    /// What the threshold rule needs to know about this camera's engine (for reloads).
+    facts: EngineFacts,
+    /// This run of the station (records: `camera` + `run_id` + `seq` identify a frame).
+    run_id: String,
     done: AtomicBool,
 }
 
 impl Cam {
+    /// What a record of `frame` carries, with the threshold in force now.
+    fn origin(&self, seq: u64, t_capture: SystemTime, dropped: u64) -> Origin {
+        let threshold = self.settings.read().expect("settings lock").threshold();
+        Origin {
+            camera: self.name.clone(),
+            seq,
+            t_capture,
+            dropped,
+            threshold,
+            bundle_hash: self.bundle_hash.clone(),
+            run_id: self.run_id.clone(),
+        }
+    }
+
     fn take(&self) -> Option<Queued> {
         match self.policy {
             Policy::Live => self.live.lock().expect("mailbox lock").take(),
@@ -133,63 +164,23 @@ pub struct StartOptions {
     pub extra_sinks: Vec<Arc<dyn Sink>>,
 }
 
-/// SHA-256 prefix over the bundle's files (manifest, models, weights, embeddings), in name order.
-pub fn bundle_hash(dir: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list bundle", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    let mut h = Sha256::new();
-    for f in files {
-        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-        h.update(std::fs::read(&f).with_context(|| format!("{}: cannot read", f.display()))?);
-    }
-    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
-}
-
-fn ms_since_epoch(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
-}
+pub use crate::bundle::content_hash as bundle_hash;
 
 fn error_record(cam: &Cam, seq: u64, t_capture: SystemTime, dropped: u64, kind: &str, message: &str) -> FrameResult {
-    let settings = cam.settings.read().expect("settings lock");
-    let rec = FrameRecord {
-        camera: cam.name.clone(),
-        seq,
-        t_capture_ms: ms_since_epoch(t_capture),
-        latency_ms: SystemTime::now().duration_since(t_capture).unwrap_or_default().as_secs_f64() * 1e3,
-        dropped,
-        ok: false,
-        error: Some(format!("{kind}: {message}")),
-        score: None,
-        threshold: settings.threshold(),
-        verdict: None,
-        normalized_score: None,
-        adp_step: None,
-        adp_score: None,
-        adp_stop: None,
-        times_ms: None,
-        stored: Stored::default(),
-        bundle_hash: cam.bundle_hash.clone(),
-        glad_version: GLAD_VERSION.to_string(),
-    };
+    let rec = FrameRecord::error(cam.origin(seq, t_capture, dropped), kind, message);
     FrameResult { record: Arc::new(rec), input: None, heatmap: None }
 }
 
 /// Crops `roi` out of `img` (before the resize to the bundle resolution).
 pub fn crop_roi(img: RgbImage, roi: Option<Roi>) -> Result<RgbImage> {
-    let Some(r) = roi else { return Ok(img) };
-    let (w, h) = img.dimensions();
-    if r.x as u64 + r.width as u64 > w as u64 || r.y as u64 + r.height as u64 > h as u64 {
-        bail!("ROI {}x{}+{}+{} is outside the {w}x{h} frame", r.width, r.height, r.x, r.y);
+    match roi {
+        None => Ok(img),
+        Some(r) => imaging::crop(img, r.x, r.y, r.width, r.height),
     }
-    Ok(image::imageops::crop_imm(&img, r.x, r.y, r.width, r.height).to_image())
 }
 
-fn make_source(c: &CameraConfig) -> Result<Box<dyn FrameSource>> {
+/// Opens a camera's source (a bad replay folder fails here, before any thread starts).
+fn open_source(c: &CameraConfig) -> Result<Box<dyn FrameSource>> {
     Ok(match &c.source {
         SourceConfig::Replay { path, fps, looping } => Box::new(ReplaySource::open_path(&c.name, path, *fps, *looping)?),
         SourceConfig::V4l2 { device, format, width, height, fps, allow_fallback } => Box::new(CameraSource::new(
@@ -200,7 +191,7 @@ fn make_source(c: &CameraConfig) -> Result<Box<dyn FrameSource>> {
             *allow_fallback,
         )),
         SourceConfig::Fake { frames, format, width, height, fps, faults } => {
-            let images = crate::sources::sorted_images(frames)?.iter().map(|p| imaging::load_rgb(p)).collect::<Result<Vec<_>>>()?;
+            let images = files::sorted_images(frames)?.iter().map(|p| imaging::load_rgb(p)).collect::<Result<Vec<_>>>()?;
             if images.is_empty() {
                 bail!("camera `{}`: no images in {}", c.name, frames.display());
             }
@@ -213,17 +204,6 @@ fn make_source(c: &CameraConfig) -> Result<Box<dyn FrameSource>> {
             ))
         }
     })
-}
-
-fn load_engine(cfg: &StationConfig, c: &CameraConfig) -> Result<Engine> {
-    let bundle = crate::bundle::Bundle::load(&c.bundle, &cfg.runtime)?;
-    let mut o = bundle.manifest.defaults.clone();
-    if let Some(p) = &c.preset {
-        o = o.merged(&crate::config::preset(p)?);
-    }
-    o = o.merged(&c.glad);
-    let params = o.resolve(bundle.manifest.models.backbone.resolution)?;
-    Engine::new(bundle, params)
 }
 
 /// The rate limit and trigger gate of a camera thread.
@@ -320,21 +300,17 @@ fn camera_thread(
                 let _ = out.send(error_record(&cam, seq, SystemTime::now(), 0, kind, &message));
             }
             CaptureEvent::Streaming { .. } => {
-                state.set_camera_status(&name, true, "streaming");
+                state.set_camera_status(&name, true, CameraStatus::Streaming);
                 state.set_degraded(&format!("camera:{name}"), None);
             }
             CaptureEvent::Reconnecting { reason, attempt, delay } => {
                 m.reconnects.get_or_create(&label).inc();
                 m.errors.get_or_create(&ErrorLabel { camera: name.clone(), kind: "capture".into() }).inc();
-                state.set_camera_status(
-                    &name,
-                    false,
-                    format!("reconnecting in {:.1} s (attempt {attempt}): {reason}", delay.as_secs_f64()),
-                );
+                state.set_camera_status(&name, false, CameraStatus::Reconnecting { attempt, delay, reason });
             }
-            CaptureEvent::Ended => state.set_camera_status(&name, false, "ended"),
+            CaptureEvent::Ended => state.set_camera_status(&name, false, CameraStatus::Ended),
             CaptureEvent::Fatal(msg) => {
-                state.set_camera_status(&name, false, format!("stopped: {msg}"));
+                state.set_camera_status(&name, false, CameraStatus::Stopped(msg.clone()));
                 state.set_degraded(&format!("camera:{name}"), Some(msg));
             }
         }
@@ -448,34 +424,12 @@ fn worker_thread(
         match result {
             Ok((inspections, times)) => {
                 for (p, insp) in batch.into_iter().zip(inspections) {
-                    let settings = p.cam.settings.read().expect("settings lock").clone();
-                    let threshold = settings.threshold();
+                    let origin = p.cam.origin(p.frame.seq, p.frame.t_capture, p.dropped);
                     let mut t = times_per_image(&times, b);
                     t.load_ms = p.decode.as_secs_f64() * 1e3;
-                    let finite = insp.score.is_finite();
-                    let (lo, hi) = imaging::heat_range(&insp.map, threshold);
+                    let (lo, hi) = imaging::heat_range(&insp.map, origin.threshold);
                     let heat = imaging::heatmap_overlay(&p.crop, insp.map.view(), lo, hi);
-                    let now = SystemTime::now();
-                    let rec = FrameRecord {
-                        camera: p.cam.name.clone(),
-                        seq: p.frame.seq,
-                        t_capture_ms: ms_since_epoch(p.frame.t_capture),
-                        latency_ms: now.duration_since(p.frame.t_capture).unwrap_or_default().as_secs_f64() * 1e3,
-                        dropped: p.dropped,
-                        ok: finite,
-                        error: (!finite).then(|| format!("engine: the anomaly score is {}", insp.score)),
-                        score: finite.then_some(insp.score),
-                        threshold,
-                        verdict: threshold.filter(|_| finite).map(|t| if insp.score > t { Verdict::Anomalous } else { Verdict::Normal }),
-                        normalized_score: threshold.filter(|_| finite).map(|t| insp.score / t),
-                        adp_step: insp.adp.and_then(|a| usize::try_from(a.step).ok()),
-                        adp_score: insp.adp.map(|a| a.score),
-                        adp_stop: insp.adp.map(|a| if a.on_threshold { "threshold" } else { "min_step" }.to_string()),
-                        times_ms: Some(t),
-                        stored: Stored::default(),
-                        bundle_hash: p.cam.bundle_hash.clone(),
-                        glad_version: GLAD_VERSION.to_string(),
-                    };
+                    let rec = FrameRecord::inspected(origin, insp.score, insp.adp, t);
                     let _ = out.send(FrameResult { record: Arc::new(rec), input: Some(Arc::new(p.crop)), heatmap: Some(Arc::new(heat)) });
                 }
             }
@@ -537,126 +491,144 @@ fn output_thread(
     }
 }
 
+/// One engine and the cameras (indexes into the config) that share it.
+struct LoadedEngine {
+    engine: Engine,
+    cameras: Vec<usize>,
+    facts: EngineFacts,
+    bundle_hash: String,
+}
+
+/// The sinks of a station: the image store, then the others.
+type Sinks = (Arc<ImageStore>, Vec<Arc<dyn Sink>>);
+
+/// The image store, the JSONL log, the factory sinks of the config and the extra ones.
+fn open_sinks(config: &StationConfig, state: &Arc<StationState>, opts: StartOptions) -> Result<Sinks> {
+    let results = &config.results;
+    let store = Arc::new(ImageStore::new(StoreConfig {
+        dir: results.dir.clone(),
+        store_ng: results.store_ng,
+        keep_ok_every: results.keep_ok_every,
+        quota_bytes: results.quota_bytes,
+        min_free_bytes: results.min_free_bytes,
+    })?);
+    let jsonl: Arc<dyn Sink> =
+        Arc::new(JsonlSink::with_state(&results.dir, results.jsonl_max_bytes, results.jsonl_keep, opts.stdout, Some(state.clone()))?);
+    let mut sinks = vec![jsonl];
+    let ctx = SinkContext {
+        station: config.name.clone(),
+        cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
+        state: Some(state.clone()),
+    };
+    let factory = &config.sinks;
+    if let Some(c) = &factory.mqtt {
+        sinks.push(Arc::new(c.build(&ctx).context("sinks.mqtt")?));
+    }
+    if let Some(c) = &factory.modbus {
+        sinks.push(Arc::new(c.build(&ctx).context("sinks.modbus")?));
+    }
+    if let Some(c) = &factory.webhook {
+        sinks.push(Arc::new(c.build(&ctx).context("sinks.webhook")?));
+    }
+    sinks.extend(opts.extra_sinks);
+    Ok((store, sinks))
+}
+
+/// One engine per (bundle, preset, glad) group, built from the camera's `EngineSpec`, warmed
+/// up, and reported in the metrics.
+fn load_engines(config: &StationConfig, state: &StationState) -> Result<Vec<LoadedEngine>> {
+    let mut groups: BTreeMap<String, LoadedEngine> = BTreeMap::new();
+    let mut hashes: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for (i, c) in config.cameras.iter().enumerate() {
+        let key = c.engine_key();
+        if let Some(g) = groups.get_mut(&key) {
+            g.cameras.push(i);
+            continue;
+        }
+        let t0 = Instant::now();
+        let spec = config.engine_spec(i);
+        let mut engine = spec.engine().with_context(|| format!("camera `{}`", c.name))?;
+        engine.warm_up().with_context(|| format!("camera `{}`", c.name))?;
+        let secs = t0.elapsed().as_secs_f64();
+        tracing::info!(bundle = %c.bundle.display(), seconds = secs, params = ?engine.params, "engine loaded and warmed up");
+        let m = &state.metrics;
+        m.model_load_seconds.get_or_create(&ComponentLabel { component: format!("engine:{}", c.bundle.display()) }).set(secs);
+        for model in engine.bundle.models() {
+            let label = ModelLabel { model: model.role().to_string(), provider: model.provider().to_string(), precision: "fp32".into() };
+            m.model_info.get_or_create(&label).set(1);
+        }
+        if !hashes.contains_key(&c.bundle) {
+            hashes.insert(c.bundle.clone(), crate::bundle::content_hash(&c.bundle)?);
+        }
+        let facts = EngineFacts::of(&engine, &config.noise);
+        groups.insert(key, LoadedEngine { engine, cameras: vec![i], facts, bundle_hash: hashes[&c.bundle].clone() });
+    }
+    Ok(groups.into_values().collect())
+}
+
+/// Every camera's source, opened before any thread starts (a bad replay folder fails start).
+fn open_sources(config: &StationConfig) -> Result<Vec<Box<dyn FrameSource>>> {
+    config.cameras.iter().map(|c| open_source(c).with_context(|| format!("camera `{}`", c.name))).collect()
+}
+
+/// A camera as the scheduler holds it, its threshold resolved against its engine.
+fn new_cam(c: &CameraConfig, loaded: &LoadedEngine, run_id: &str) -> Result<Cam> {
+    Ok(Cam {
+        name: c.name.clone(),
+        // A triggered frame is a part that must be inspected: queued, never replaced in the
+        // live mailbox (the trigger book bounds how many wait).
+        policy: if c.trigger { Policy::Lossless } else { c.policy },
+        trigger: c.trigger,
+        settings: RwLock::new(CamSettings::from_config(c, &loaded.facts)?),
+        live: Mutex::new(None),
+        queue: bounded(c.queue),
+        bundle_hash: loaded.bundle_hash.clone(),
+        facts: loaded.facts.clone(),
+        run_id: run_id.to_string(),
+        done: AtomicBool::new(false),
+    })
+}
+
 impl Station {
     /// Loads and warms up every engine, starts the cameras; returns once frames flow.
     pub fn start(config: StationConfig, opts: StartOptions) -> Result<Station> {
         config.validate(Path::new("<station config>"))?;
         let cam_list: Vec<(String, bool)> = config.cameras.iter().map(|c| (c.name.clone(), c.trigger)).collect();
         let state = Arc::new(StationState::new(&cam_list, config.scheduler.recent));
-        let results = &config.results;
-        let store = Arc::new(ImageStore::new(StoreConfig {
-            dir: results.dir.clone(),
-            store_ng: results.store_ng,
-            keep_ok_every: results.keep_ok_every,
-            quota_bytes: results.quota_bytes,
-            min_free_bytes: results.min_free_bytes,
-        })?);
-        let jsonl: Arc<dyn Sink> = Arc::new(JsonlSink::new(&results.dir, results.jsonl_max_bytes, results.jsonl_keep, opts.stdout)?);
-        let mut sinks = vec![jsonl];
-        let ctx = SinkContext {
-            station: config.name.clone(),
-            cameras: cam_list.iter().map(|c| c.0.clone()).collect(),
-            state: Some(state.clone()),
-        };
-        let factory = &config.sinks;
-        if let Some(c) = &factory.mqtt {
-            sinks.push(Arc::new(c.build(&ctx).context("sinks.mqtt")?));
-        }
-        if let Some(c) = &factory.modbus {
-            sinks.push(Arc::new(c.build(&ctx).context("sinks.modbus")?));
-        }
-        if let Some(c) = &factory.webhook {
-            sinks.push(Arc::new(c.build(&ctx).context("sinks.webhook")?));
-        }
-        sinks.extend(opts.extra_sinks);
-        // Engines: one per (bundle, preset, glad) group.
-        let mut groups: BTreeMap<String, (Engine, Vec<usize>)> = BTreeMap::new();
-        let mut hashes: BTreeMap<PathBuf, String> = BTreeMap::new();
-        for (i, c) in config.cameras.iter().enumerate() {
-            let key = c.engine_key();
-            if let Some(g) = groups.get_mut(&key) {
-                g.1.push(i);
-                continue;
-            }
-            let t0 = Instant::now();
-            let mut engine = load_engine(&config, c).with_context(|| format!("camera `{}`", c.name))?;
-            // Warm up: the first run allocates and optimises.
-            let r = engine.resolution();
-            let noise = NoiseSource::Seeded(0).draw(&[0], engine.latent_shape())?;
-            engine.inspect(Array4::<f32>::zeros((1, 3, r, r)).view(), &noise).with_context(|| format!("camera `{}`: warm-up", c.name))?;
-            let secs = t0.elapsed().as_secs_f64();
-            tracing::info!(bundle = %c.bundle.display(), seconds = secs, params = ?engine.params, "engine loaded and warmed up");
-            state
-                .metrics
-                .model_load_seconds
-                .get_or_create(&ComponentLabel { component: format!("engine:{}", c.bundle.display()) })
-                .set(secs);
-            for model in engine.bundle.models() {
-                state
-                    .metrics
-                    .model_info
-                    .get_or_create(&ModelLabel {
-                        model: model.role().to_string(),
-                        provider: format!("{:?}", model.provider()),
-                        precision: "fp32".into(),
-                    })
-                    .set(1);
-            }
-            if !hashes.contains_key(&c.bundle) {
-                hashes.insert(c.bundle.clone(), bundle_hash(&c.bundle)?);
-            }
-            groups.insert(key, (engine, vec![i]));
-        }
-        // Sources are opened before any thread starts, so a bad replay folder fails start.
-        let mut sources = Vec::new();
-        for c in &config.cameras {
-            sources.push(make_source(c).with_context(|| format!("camera `{}`", c.name))?);
-        }
+        let (store, sinks) = open_sinks(&config, &state, opts)?;
+        let groups = load_engines(&config, &state)?;
+        let mut sources: Vec<Option<Box<dyn FrameSource>>> = open_sources(&config)?.into_iter().map(Some).collect();
         let (out_tx, out_rx) = bounded::<FrameResult>(1024);
         let stop = Arc::new(AtomicBool::new(false));
         let captured = Arc::new(AtomicU64::new(0));
         let recorded = Arc::new(AtomicU64::new(0));
-        let mut cams = BTreeMap::new();
-        let mut cameras = Vec::new();
-        let mut workers = Vec::new();
         let active = Arc::new(AtomicUsize::new(config.cameras.len()));
-        let mut sources: Vec<Option<Box<dyn FrameSource>>> = sources.into_iter().map(Some).collect();
         let engines = groups.len();
-        for (gi, (_key, (engine, idxs))) in groups.into_iter().enumerate() {
-            let mut gcams = Vec::new();
-            for &i in &idxs {
-                let c = &config.cameras[i];
-                let cam = Arc::new(Cam {
-                    name: c.name.clone(),
-                    policy: c.policy,
-                    trigger: c.trigger,
-                    settings: RwLock::new(CamSettings {
-                        bundle_threshold: crate::engine::bundle_threshold(&engine, &config.noise),
-                        ..CamSettings::from_config(c)?
-                    }),
-                    live: Mutex::new(None),
-                    queue: bounded(c.queue),
-                    bundle_hash: hashes[&c.bundle].clone(),
-                    done: AtomicBool::new(false),
-                });
-                cams.insert(c.name.clone(), cam.clone());
-                gcams.push(cam);
-            }
+        let run_id = crate::record::new_run_id();
+        tracing::info!(run_id = %run_id, "station run id (records: camera + run_id + seq identify a frame)");
+        let mut cams = BTreeMap::new();
+        let (mut cameras, mut workers) = (Vec::new(), Vec::new());
+        for (gi, loaded) in groups.into_iter().enumerate() {
+            let gcams = loaded
+                .cameras
+                .iter()
+                .map(|&i| {
+                    let cam = Arc::new(new_cam(&config.cameras[i], &loaded, &run_id)?);
+                    cams.insert(cam.name.clone(), cam.clone());
+                    Ok(cam)
+                })
+                .collect::<Result<Vec<_>>>()?;
             let group = Arc::new(Group { cams: gcams, wake: bounded(1) });
-            let noise = match &config.noise.dir {
-                Some(d) => NoiseSource::from_dir(d)?,
-                None => NoiseSource::Seeded(config.noise.seed),
-            };
+            let noise = crate::engine::noise_source(&config.noise)?;
             let component = format!("engine:{gi}");
-            {
-                let (g, st, out, cfg) = (group.clone(), state.clone(), out_tx.clone(), config.scheduler.clone());
-                workers.push(
-                    std::thread::Builder::new()
-                        .name(format!("engine-{gi}"))
-                        .spawn(move || worker_thread(engine, noise, g, st, out, cfg, component))?,
-                );
-            }
-            for (k, &i) in idxs.iter().enumerate() {
+            let (g, st, out, cfg) = (group.clone(), state.clone(), out_tx.clone(), config.scheduler.clone());
+            let engine = loaded.engine;
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("engine-{gi}"))
+                    .spawn(move || worker_thread(engine, noise, g, st, out, cfg, component))?,
+            );
+            for (k, &i) in loaded.cameras.iter().enumerate() {
                 let src = sources[i].take().expect("one source per camera");
                 let (cam, g, st, out, stop, cfg, cap, act) = (
                     group.cams[k].clone(),
@@ -751,7 +723,7 @@ impl Station {
             }
             let cam = self.cams.get(&c.name).expect("same camera list");
             let before = cam.settings.read().expect("settings lock").clone();
-            let s = CamSettings { bundle_threshold: before.bundle_threshold, ..CamSettings::from_config(c)? };
+            let s = CamSettings::from_config(c, &cam.facts).with_context(|| format!("reload: camera `{}`", c.name))?;
             for (what, differs) in [
                 ("threshold", before.threshold != s.threshold),
                 ("calibration", before.calibration != s.calibration),
@@ -798,14 +770,21 @@ impl Station {
             }
         }
         self.state.ready.store(false, Ordering::Release);
+        let lost: Vec<(String, u64)> = self.sinks.iter().map(|s| (s.name().to_string(), s.lost())).filter(|(_, n)| *n > 0).collect();
+        let log_lost = lost.iter().find(|(n, _)| n == "jsonl").map_or(0, |l| l.1);
         tracing::info!(
             captured = self.captured.load(Ordering::Relaxed),
-            recorded = self.recorded.load(Ordering::Relaxed),
+            recorded = self.recorded.load(Ordering::Relaxed).saturating_sub(log_lost),
+            lost = log_lost,
             seconds = t0.elapsed().as_secs_f64(),
             "station stopped"
         );
+        if !lost.is_empty() {
+            let what: Vec<String> = lost.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+            failures.push(format!("records were lost ({})", what.join(", ")));
+        }
         if !failures.is_empty() {
-            bail!("flushing sinks: {}", failures.join("; "));
+            bail!("stopping the station: {}", failures.join("; "));
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use crate::imaging;
 
 /// The images under `dir` (the one walker); a path that cannot be read is an error here.
 fn collect_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let w = crate::sources::walk::images(&[dir.to_path_buf()]);
+    let w = crate::files::images(&[dir.to_path_buf()]);
     if let Some(p) = w.problems.first() {
         bail!("{}", p.error);
     }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::{parse_yaml, TimestepType};
+use crate::bundle::TimestepType;
+use crate::yaml::parse_yaml;
 
 /// Input names of a training graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

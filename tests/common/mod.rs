@@ -25,6 +25,7 @@ pub fn record(camera: &str, seq: u64, ng: bool) -> FrameResult {
         stored: Stored::default(),
         bundle_hash: "abcd1234".into(),
         glad_version: "0.1.0".into(),
+        run_id: String::new(),
     };
     FrameResult { record: Arc::new(rec), input: None, heatmap: None }
 }

@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use glad_edge::imaging::heatmap_overlay;
 use glad_edge::service::{HttpConfig, Loading, ServiceConfig, StationLifecycle};
 use glad_edge::sinks::{FrameRecord, FrameResult, Stored, Verdict};
-use glad_edge::station::metrics::{FrameLabel, ModelLabel, StageLabel};
 use glad_edge::station::{Metrics, StationState};
+use glad_edge::telemetry::metrics::{FrameLabel, ModelLabel, StageLabel};
 use image::RgbImage;
 use ndarray::Array2;
 use serde::Deserialize;
@@ -135,7 +135,7 @@ impl FakeStation {
         let state = Arc::new(StationState::new(&[(CONTINUOUS.to_string(), false), (TRIGGERED.to_string(), true)], 2000));
         let m = &state.metrics;
         m.model_info.get_or_create(&ModelLabel { model: "brick".into(), provider: "cpu".into(), precision: "fp32".into() }).set(1);
-        m.model_load_seconds.get_or_create(&glad_edge::station::metrics::ComponentLabel { component: "brick".into() }).set(1.25);
+        m.model_load_seconds.get_or_create(&glad_edge::telemetry::metrics::ComponentLabel { component: "brick".into() }).set(1.25);
         let results = opts.results.as_ref().map(|p| Mutex::new(std::io::BufWriter::new(std::fs::File::create(p).expect("results file"))));
         let shared = Arc::new(Shared {
             state: state.clone(),
@@ -217,6 +217,7 @@ fn publish(s: &Shared, camera: &str, seq: u64, sample: Option<&Sample>, t0: Inst
         stored: Stored::default(),
         bundle_hash: "fakebrick0001".into(),
         glad_version: env!("CARGO_PKG_VERSION").into(),
+        run_id: String::new(),
     };
     let label = match verdict {
         Some(Verdict::Normal) => "normal",
@@ -226,7 +227,7 @@ fn publish(s: &Shared, camera: &str, seq: u64, sample: Option<&Sample>, t0: Inst
     let m: &Metrics = &s.state.metrics;
     m.frames.get_or_create(&FrameLabel { camera: camera.into(), verdict: label.into() }).inc();
     if sample.is_none() {
-        m.errors.get_or_create(&glad_edge::station::metrics::ErrorLabel { camera: camera.into(), kind: "decode".into() }).inc();
+        m.errors.get_or_create(&glad_edge::telemetry::metrics::ErrorLabel { camera: camera.into(), kind: "decode".into() }).inc();
     }
     m.stage_seconds.get_or_create(&StageLabel { stage: "capture_to_verdict".into() }).observe(latency_ms / 1000.0);
     m.stage_seconds.get_or_create(&StageLabel { stage: "engine".into() }).observe(0.02);

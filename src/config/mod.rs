@@ -6,53 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::parse_yaml;
+use crate::yaml::parse_yaml;
+
+pub mod check;
 use crate::glad::{ParamOverrides, Params};
 use crate::imaging::ImageLimits;
 use crate::runtime::RuntimeConfig;
-
-/// Largest `inspect.batch` / `--batch`.
-pub const MAX_BATCH: usize = 256;
-/// Largest `inspect.workers` / `--workers`.
-pub const MAX_WORKERS: usize = 64;
-/// Largest `runtime.threads` / `--threads`.
-pub const MAX_THREADS: usize = 1024;
-
-/// The rule for a batch size (flag and config key alike): 1..=[`MAX_BATCH`].
-pub fn check_batch(n: usize) -> std::result::Result<usize, String> {
-    if (1..=MAX_BATCH).contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!("must be in 1..={MAX_BATCH} (the batch limit), got {n}"))
-    }
-}
-
-/// The rule for a worker count: 1..=[`MAX_WORKERS`].
-pub fn check_workers(n: usize) -> std::result::Result<usize, String> {
-    if (1..=MAX_WORKERS).contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!("must be in 1..={MAX_WORKERS} (the worker limit), got {n}"))
-    }
-}
-
-/// The rule for a thread count: 0 (all cores) ..=[`MAX_THREADS`].
-pub fn check_threads(n: usize) -> std::result::Result<usize, String> {
-    if n <= MAX_THREADS {
-        Ok(n)
-    } else {
-        Err(format!("must be in 0..={MAX_THREADS} (0 = all cores), got {n}"))
-    }
-}
-
-/// The rule for a verdict threshold: finite and above 0 (a NaN would call every image normal).
-pub fn check_threshold(t: f32) -> std::result::Result<f32, String> {
-    if t.is_finite() && t > 0.0 {
-        Ok(t)
-    } else {
-        Err(format!("must be a finite number above 0, got {t}"))
-    }
-}
+pub use check::{check_batch, check_threads, check_threshold, check_workers, MAX_BATCH, MAX_THREADS, MAX_WORKERS};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -138,6 +98,21 @@ pub struct Calibration {
     pub settings: Option<CalibratedWith>,
 }
 
+impl Calibration {
+    /// The checks of a calibration wherever it comes from (a config, a station's calibration
+    /// file, a bundle manifest): a threshold by [`check_threshold`], finite statistics.
+    /// `key` is where it sits (`calibration`); errors name `key `calibration.threshold``.
+    pub fn check(&self, key: &str) -> std::result::Result<(), String> {
+        check_threshold(self.threshold).map_err(|e| format!("key `{key}.threshold`: {e}"))?;
+        for (k, v) in [("normal_mean", self.normal_mean), ("normal_std", self.normal_std), ("normal_max", self.normal_max)] {
+            if !v.is_finite() {
+                return Err(format!("key `{key}.{k}`: must be finite, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -175,12 +150,7 @@ impl Config {
             check_threshold(t).map_err(|e| format!("key `threshold`: {e}"))?;
         }
         if let Some(c) = &self.calibration {
-            check_threshold(c.threshold).map_err(|e| format!("key `calibration.threshold`: {e}"))?;
-            for (k, v) in [("normal_mean", c.normal_mean), ("normal_std", c.normal_std), ("normal_max", c.normal_max)] {
-                if !v.is_finite() {
-                    return Err(format!("key `calibration.{k}`: must be finite, got {v}"));
-                }
-            }
+            c.check("calibration")?;
         }
         self.glad.check(&|k| format!("key `glad.{k}`")).map_err(|e| e.to_string())?;
         self.limits.check()?;
@@ -194,10 +164,10 @@ impl Config {
 }
 
 const PRESETS: &[(&str, &str)] = &[
-    ("mvtec", include_str!("../config/presets/mvtec.yaml")),
-    ("mpdd", include_str!("../config/presets/mpdd.yaml")),
-    ("visa", include_str!("../config/presets/visa.yaml")),
-    ("pcbbank", include_str!("../config/presets/pcbbank.yaml")),
+    ("mvtec", include_str!("../../config/presets/mvtec.yaml")),
+    ("mpdd", include_str!("../../config/presets/mpdd.yaml")),
+    ("visa", include_str!("../../config/presets/visa.yaml")),
+    ("pcbbank", include_str!("../../config/presets/pcbbank.yaml")),
 ];
 
 #[derive(Debug, Deserialize)]

@@ -132,6 +132,65 @@ fn walk(inputs: &[PathBuf], recursive: bool) -> Walk {
     w.out
 }
 
+/// Image files under `dir`, sorted by path (folders searched recursively): the replay
+/// source's listing, through the one walker every command uses (regular files only, each
+/// folder once); a missing folder or unreadable entry is an error here.
+pub fn sorted_images(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let w = images(&[dir.to_path_buf()]);
+    if !w.problems.is_empty() {
+        anyhow::bail!("{}", w.messages().join("; "));
+    }
+    Ok(w.files)
+}
+
+/// Output name of an input: its path's components joined by `__`, the extension kept
+/// (`a/b/part.png` → `a__b__part.png`, so `part.png` and `part.jpg` differ). When that name
+/// could also come from another path — a component containing `__`, starting or ending with
+/// `_`, or not UTF-8; an absolute path or one with `..` — or is longer than 160 bytes, `___`
+/// and the first 16 hex digits of the SHA-256 of the full path are appended (shortened to 120
+/// bytes first when long). Names without a hash never contain `___`, so no two inputs share a
+/// name.
+pub fn output_stem(path: &Path) -> String {
+    use sha2::Digest;
+    use std::path::Component;
+    let mut ambiguous = false;
+    let mut parts: Vec<String> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => {
+                let s = match p.to_str() {
+                    Some(s) => s.to_string(),
+                    None => {
+                        ambiguous = true;
+                        p.to_string_lossy().into_owned()
+                    }
+                };
+                ambiguous |= s.contains("__") || s.starts_with('_') || s.ends_with('_');
+                parts.push(s);
+            }
+            Component::CurDir => {}
+            _ => ambiguous = true,
+        }
+    }
+    let mut name = parts.join("__");
+    if name.is_empty() || name.len() > 160 {
+        ambiguous = true;
+    }
+    if !ambiguous {
+        return name;
+    }
+    if name.len() > 120 {
+        let mut cut = 120;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    let hash = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{name}___{hex}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,16 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 
+/// Most triggers waiting per camera; more are refused (HTTP 429, Modbus exception).
+pub const MAX_PENDING: u64 = 64;
+
+/// Why a trigger was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("camera `{camera}`: {pending} triggers are already waiting (at most {MAX_PENDING}); refused")]
+    Full { camera: String, pending: u64 },
+}
+
 /// Pending triggers per camera. A triggered camera's scheduler inspects its next frame and
 /// then calls `take`; cameras without `trigger: true` ignore it.
 #[derive(Debug, Default)]
@@ -17,10 +27,12 @@ impl Triggers {
         Triggers { pending: Mutex::new(cameras.into_iter().map(|c| (c, 0)).collect()) }
     }
 
-    /// Asks for one more inspection of `camera`; unknown cameras are an error.
+    /// Asks for one more inspection of `camera`; unknown cameras are an error, and so is a
+    /// trigger while [`MAX_PENDING`] wait already ([`TriggerError::Full`]: refused, not lost).
     pub fn fire(&self, camera: &str) -> Result<()> {
         let mut p = self.pending.lock().expect("trigger lock");
         match p.get_mut(camera) {
+            Some(n) if *n >= MAX_PENDING => Err(TriggerError::Full { camera: camera.to_string(), pending: *n }.into()),
             Some(n) => {
                 *n += 1;
                 Ok(())

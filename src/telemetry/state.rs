@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::metrics::Metrics;
 use super::trigger::Triggers;
-use crate::sinks::{FrameRecord, FrameResult};
+use crate::record::{FrameRecord, FrameResult};
 
 /// One camera as the station sees it.
 #[derive(Debug)]
@@ -20,8 +20,47 @@ pub struct CameraState {
     pub latest: Mutex<Option<FrameResult>>,
     /// True while frames arrive; false while the source is reconnecting.
     pub streaming: AtomicBool,
-    /// A human-readable state: `streaming`, `reconnecting in 2.0 s: ...`.
-    pub status: Mutex<String>,
+    /// What the camera is doing (shown as `streaming`, `reconnecting in 2.0 s: ...`).
+    pub status: Mutex<CameraStatus>,
+}
+
+/// A camera's state as the station reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CameraStatus {
+    Starting,
+    Streaming,
+    Reconnecting {
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+    },
+    /// A replay without `loop` reached its end.
+    Ended,
+    /// The source refused to go on (retrying cannot help): a failure of the run.
+    Stopped(String),
+    /// Any other state a tool or test reports, shown as given.
+    Note(String),
+}
+
+impl std::fmt::Display for CameraStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CameraStatus::Starting => f.write_str("starting"),
+            CameraStatus::Streaming => f.write_str("streaming"),
+            CameraStatus::Reconnecting { attempt, delay, reason } => {
+                write!(f, "reconnecting in {:.1} s (attempt {attempt}): {reason}", delay.as_secs_f64())
+            }
+            CameraStatus::Ended => f.write_str("ended"),
+            CameraStatus::Stopped(why) => write!(f, "stopped: {why}"),
+            CameraStatus::Note(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<&str> for CameraStatus {
+    fn from(s: &str) -> CameraStatus {
+        CameraStatus::Note(s.to_string())
+    }
 }
 
 /// Per-component liveness: each loop beats when it makes progress (a frame, a batch, an
@@ -86,6 +125,8 @@ pub struct StationState {
     /// Component → reason, for everything working in a degraded way (disk full, broker away).
     degraded: Mutex<BTreeMap<String, String>>,
     recent: Mutex<VecDeque<Arc<FrameRecord>>>,
+    /// The same, per camera: a quiet camera keeps its history while a busy one streams.
+    recent_by_camera: Mutex<BTreeMap<String, VecDeque<Arc<FrameRecord>>>>,
     recent_cap: usize,
 }
 
@@ -101,7 +142,7 @@ impl StationState {
                     triggered: *triggered,
                     latest: Mutex::new(None),
                     streaming: AtomicBool::new(false),
-                    status: Mutex::new("starting".into()),
+                    status: Mutex::new(CameraStatus::Starting),
                 };
                 (name.clone(), c)
             })
@@ -114,6 +155,7 @@ impl StationState {
             ready: AtomicBool::new(false),
             degraded: Mutex::new(BTreeMap::new()),
             recent: Mutex::new(VecDeque::new()),
+            recent_by_camera: Mutex::new(BTreeMap::new()),
             recent_cap: recent_cap.max(1),
         }
     }
@@ -124,6 +166,14 @@ impl StationState {
         if let Some(cam) = self.cameras.get(&rec.camera) {
             *cam.latest.lock().expect("latest lock") = Some(result.clone());
         }
+        {
+            let mut by = self.recent_by_camera.lock().expect("recent lock");
+            let ring = by.entry(rec.camera.clone()).or_default();
+            if ring.len() == self.recent_cap {
+                ring.pop_front();
+            }
+            ring.push_back(rec.clone());
+        }
         let mut recent = self.recent.lock().expect("recent lock");
         if recent.len() == self.recent_cap {
             recent.pop_front();
@@ -133,7 +183,13 @@ impl StationState {
 
     /// The newest records, oldest first, filtered by camera and by `seq > since`.
     pub fn recent(&self, camera: Option<&str>, since: Option<u64>, limit: usize) -> Vec<Arc<FrameRecord>> {
-        let recent = self.recent.lock().expect("recent lock");
+        let by = self.recent_by_camera.lock().expect("recent lock");
+        let all = self.recent.lock().expect("recent lock");
+        let empty = VecDeque::new();
+        let recent = match camera {
+            Some(c) => by.get(c).unwrap_or(&empty),
+            None => &*all,
+        };
         let mut out: Vec<Arc<FrameRecord>> = recent
             .iter()
             .rev()
@@ -145,7 +201,7 @@ impl StationState {
         out
     }
 
-    pub fn set_camera_status(&self, camera: &str, streaming: bool, status: impl Into<String>) {
+    pub fn set_camera_status(&self, camera: &str, streaming: bool, status: impl Into<CameraStatus>) {
         if let Some(c) = self.cameras.get(camera) {
             c.streaming.store(streaming, Ordering::Relaxed);
             *c.status.lock().expect("status lock") = status.into();
@@ -195,5 +251,32 @@ mod tests {
         assert_eq!(h.stale(Duration::from_millis(20)), vec!["cam0".to_string()]);
         h.unregister("cam0");
         assert!(h.stale(Duration::from_millis(20)).is_empty());
+    }
+
+    /// `/api/results?camera=quiet` keeps the quiet camera's records while a busy camera fills
+    /// the shared ring.
+    #[test]
+    fn a_quiet_camera_keeps_its_recent_records() {
+        use crate::record::Origin;
+        let st = StationState::new(&[("quiet".into(), false), ("busy".into(), false)], 4);
+        let rec = |camera: &str, seq| {
+            let o = Origin {
+                camera: camera.into(),
+                seq,
+                t_capture: std::time::SystemTime::now(),
+                dropped: 0,
+                threshold: None,
+                bundle_hash: String::new(),
+                run_id: String::new(),
+            };
+            FrameResult { record: Arc::new(FrameRecord::error(o, "decode", "x")), input: None, heatmap: None }
+        };
+        st.publish(&rec("quiet", 7));
+        for i in 0..10 {
+            st.publish(&rec("busy", i));
+        }
+        assert_eq!(st.recent(Some("quiet"), None, 10).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(st.recent(Some("busy"), None, 10).len(), 4);
+        assert_eq!(st.recent(None, None, 10).len(), 4);
     }
 }

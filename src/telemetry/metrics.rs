@@ -121,9 +121,37 @@ impl Metrics {
         out
     }
 
+    /// The same metrics in the Prometheus text format (0.0.4), which `promtool check metrics`
+    /// lints clean: a counter family is named with its `_total` suffix in `# HELP` and
+    /// `# TYPE` (OpenMetrics names the family without it), and the OpenMetrics-only `# EOF`
+    /// and `# UNIT` lines are left out.
+    pub fn render_prometheus(&self) -> String {
+        prometheus_text(&self.render())
+    }
+
     pub fn camera(camera: &str) -> CameraLabel {
         CameraLabel { camera: camera.to_string() }
     }
+}
+
+/// OpenMetrics text → Prometheus text (see [`Metrics::render_prometheus`]).
+pub fn prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> =
+        open_metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line).trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 impl Default for Metrics {
