@@ -264,6 +264,30 @@ pub fn heatmap_overlay(base: &RgbImage, map: ArrayView2<'_, f32>, lo: f32, hi: f
     })
 }
 
+/// Panels side by side at `side` x `side` each, 4 px apart on a dark background, in the order
+/// given (the evaluation gallery's input | reconstruction | heatmap | ground truth, as
+/// anomalib's visualiser lays them out).
+pub fn panels(images: &[&RgbImage], side: u32) -> RgbImage {
+    const GAP: u32 = 4;
+    let n = images.len() as u32;
+    let mut out = RgbImage::from_pixel(n * side + n.saturating_sub(1) * GAP, side, Rgb([24, 24, 24]));
+    for (i, img) in images.iter().enumerate() {
+        let scaled = if img.dimensions() == (side, side) {
+            (*img).clone()
+        } else {
+            image::imageops::resize(*img, side, side, FilterType::Triangle)
+        };
+        image::imageops::replace(&mut out, &scaled, (i as u32 * (side + GAP)) as i64, 0);
+    }
+    out
+}
+
+/// A boolean mask as a white-on-black image.
+pub fn mask_to_rgb(mask: &Array2<bool>) -> RgbImage {
+    let (h, w) = mask.dim();
+    RgbImage::from_fn(w as u32, h as u32, |x, y| if mask[[y as usize, x as usize]] { Rgb([255, 255, 255]) } else { Rgb([0, 0, 0]) })
+}
+
 /// The colour range of a heatmap: `[0, threshold * 2]` when a threshold is known (so equal
 /// colours mean equal scores across images), else the map's own min and max.
 pub fn heat_range(map: &Array2<f32>, threshold: Option<f32>) -> (f32, f32) {
@@ -314,4 +338,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         bail!("{}: cannot write: {e}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod panel_tests {
+    use super::*;
+
+    #[test]
+    fn panels_sit_side_by_side_with_gaps() {
+        let red = RgbImage::from_pixel(8, 8, Rgb([255, 0, 0]));
+        let blue = RgbImage::from_pixel(16, 16, Rgb([0, 0, 255]));
+        let p = panels(&[&red, &blue], 8);
+        assert_eq!(p.dimensions(), (20, 8));
+        assert_eq!(p.get_pixel(0, 0), &Rgb([255, 0, 0]));
+        assert_eq!(p.get_pixel(9, 3), &Rgb([24, 24, 24]));
+        assert_eq!(p.get_pixel(12, 7), &Rgb([0, 0, 255]));
+        let m = mask_to_rgb(&Array2::from_shape_fn((2, 2), |(y, x)| y == x));
+        assert_eq!((m.get_pixel(0, 0), m.get_pixel(1, 0)), (&Rgb([255, 255, 255]), &Rgb([0, 0, 0])));
+    }
 }
