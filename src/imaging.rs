@@ -272,11 +272,8 @@ pub fn panels(images: &[&RgbImage], side: u32) -> RgbImage {
     let n = images.len() as u32;
     let mut out = RgbImage::from_pixel(n * side + n.saturating_sub(1) * GAP, side, Rgb([24, 24, 24]));
     for (i, img) in images.iter().enumerate() {
-        let scaled = if img.dimensions() == (side, side) {
-            (*img).clone()
-        } else {
-            image::imageops::resize(*img, side, side, FilterType::Triangle)
-        };
+        let scaled =
+            if img.dimensions() == (side, side) { (*img).clone() } else { image::imageops::resize(*img, side, side, FilterType::Triangle) };
         image::imageops::replace(&mut out, &scaled, (i as u32 * (side + GAP)) as i64, 0);
     }
     out

@@ -138,7 +138,7 @@ mod tests {
     fn mismatched_layers_are_refused() {
         let x = tokens(&[[1.0, 0.0]], (1, 1));
         let y = tokens(&[[1.0, 0.0], [0.0, 1.0]], (1, 2));
-        assert!(Fidelity::default().add(&[x.clone()], &[y], None).is_err());
+        assert!(Fidelity::default().add(std::slice::from_ref(&x), &[y], None).is_err());
         assert!(Fidelity::default().add(&[x.clone(), x.clone()], &[x], None).is_err());
     }
 }
