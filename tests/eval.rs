@@ -53,8 +53,35 @@ fn check_metrics(out: &Path, images: u64) {
     let csv = std::fs::read_to_string(out.join("per_image.csv")).unwrap();
     assert_eq!(csv.lines().next(), Some("class,path,defect,label,score,adp_step"));
     assert_eq!(csv.lines().count() as u64, images + 1);
-    let gallery = std::fs::read_dir(out.join("gallery/brick")).unwrap().count() as u64;
-    assert_eq!(gallery, images);
+    let gallery: Vec<_> = std::fs::read_dir(out.join("gallery/brick")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(gallery.len() as u64, images);
+    // input | reconstruction | heatmap | ground truth, or without the reconstruction for the baseline
+    let panels = if brick["fidelity"].is_null() { 3 } else { 4 };
+    let strip = image::open(&gallery[0]).unwrap();
+    assert_eq!((strip.width(), strip.height()), (panels * 192 + (panels - 1) * 4, 192), "{}", gallery[0].display());
+}
+
+#[test]
+fn eval_reports_the_reconstruction_fidelity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_dataset(tmp.path());
+    let out = tmp.path().join("out");
+    let o = eval(&ds, &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("brick: feature distance input vs reconstruction: normal images"), "{stdout}");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let f = &m[0]["fidelity"];
+    // 3 good test images; 5 defects with masks
+    assert_eq!((f["normal_images"].as_u64(), f["anomalous_images"].as_u64()), (Some(3), Some(5)), "{f}");
+    for k in ["normal", "defect", "around_defect"] {
+        let v = f[k].as_f64().unwrap_or_else(|| panic!("{k}: {f}"));
+        assert!((0.0..=2.0).contains(&v), "{k} = {v}");
+    }
+    let b = eval(&ds, &tmp.path().join("baseline"), &["--baseline"]);
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("baseline/metrics.json")).unwrap()).unwrap();
+    assert!(m[0]["fidelity"].is_null(), "the baseline reconstructs nothing: {m}");
 }
 
 #[test]

@@ -76,7 +76,8 @@ fn union_scores_no_higher_than_either_reference() {
     for n in ["000.png", "001.png", "002.png"] {
         std::fs::copy(root().join("data/textures/brick/train/good").join(n), bank_imgs.join(n)).unwrap();
     }
-    let o = glad().arg("bank").arg("--bundle").arg(&bundle).arg("--images").arg(&bank_imgs).output().unwrap();
+    // float32 .npy layers, so the test can damage one below (the default is half precision)
+    let o = glad().arg("bank").arg("--bundle").arg(&bundle).arg("--images").arg(&bank_imgs).args(["--precision", "f32"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("bank of 3 images"));
     let (r, b, u) = (
@@ -131,12 +132,14 @@ fn tune_ranks_a_grid_and_writes_the_choice() {
         .arg(&val)
         .args(["--grid-denoise-step", "100,200", "--grid-steps", "2", "--grid-tau", "0", "--grid-v", "0,1", "--write-defaults", "--write"])
         .arg(&station)
+        .arg("--out")
+        .arg(tmp.path().join("report"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains("4 normal images, 4 synthetic anomalies"), "{stdout}");
-    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("reconstruction")).collect();
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("reconstruction") && !l.starts_with("chosen point")).collect();
     assert_eq!(rows.len(), 4, "{stdout}");
     assert!(rows[0].ends_with("<- chosen"), "{stdout}");
     let means: Vec<f64> = rows.iter().map(|r| r.split_whitespace().nth(9).unwrap().parse().unwrap()).collect();
@@ -148,6 +151,21 @@ fn tune_ranks_a_grid_and_writes_the_choice() {
     let manifest: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(bundle.join("bundle.yaml")).unwrap()).unwrap();
     assert_eq!(manifest["defaults"]["denoise_step"].as_u64().unwrap().to_string(), chosen[0]);
     assert_eq!(manifest["defaults"]["reference"].as_str(), Some("reconstruction"));
+    // The report: the grid, the chosen point's fidelity, one gallery strip per validation image
+    // (input | reconstruction | heatmap | mask, 192 px panels 4 px apart).
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("report/tune.json")).unwrap()).unwrap();
+    assert_eq!(report["grid"].as_array().unwrap().len(), 4);
+    assert_eq!(report["fidelity"]["normal_images"].as_u64(), Some(4));
+    assert_eq!(report["fidelity"]["anomalous_images"].as_u64(), Some(4));
+    for k in ["normal", "defect", "around_defect"] {
+        let v = report["fidelity"][k].as_f64().unwrap_or_else(|| panic!("{k}: {report}"));
+        assert!(v.is_finite() && (0.0..=2.0).contains(&v), "{k} = {v}");
+    }
+    assert!(stdout.contains("chosen point: feature distance input vs reconstruction"), "{stdout}");
+    let strips: Vec<_> = std::fs::read_dir(tmp.path().join("report/gallery")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(strips.len(), 8);
+    let strip = image::open(&strips[0]).unwrap();
+    assert_eq!((strip.width(), strip.height()), (4 * 192 + 3 * 4, 192));
     // The rewritten bundle still loads.
     let o = glad().arg("info").arg("--bundle").arg(&bundle).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use ndarray::{Array2, Array3, Axis};
 
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::eval::dataset::{self, TestSet};
+use crate::eval::fidelity::Fidelity;
 use crate::eval::score::{compute_metrics, mask_or_warn, run_baseline, save_gallery, trace_cell, ClassResult, Scored};
 use crate::imaging;
 use crate::pipeline::{self, Inspected};
@@ -68,7 +70,8 @@ pub fn print_table(results: &[ClassResult]) {
     }
 }
 
-/// Inspects one class's test set; images that fail are reported and left out.
+/// Inspects one class's test set; images that fail are reported and left out. Also measures
+/// the reconstruction's fidelity (input against reconstruction, on normals and around defects).
 fn run_class(
     settings: &Settings,
     set: &TestSet,
@@ -76,7 +79,7 @@ fn run_class(
     gallery: &Path,
     failures: &mut Vec<String>,
     notes: &mut Vec<String>,
-) -> Result<Vec<Scored>> {
+) -> Result<(Vec<Scored>, Fidelity)> {
     let mut engines = settings.engines(settings.config.inspect.workers)?;
     let noise = settings.noise()?;
     let s = engines[0].params.backbone_resolution;
@@ -85,6 +88,9 @@ fn run_class(
     let mut scored: BTreeMap<usize, Scored> = BTreeMap::new();
     let mut local_failures = Vec::new();
     let mut local_notes = Vec::new();
+    let r = engines[0].resolution();
+    // (input, reconstruction, mask) of every inspected image, for the fidelity report
+    let mut pairs: Vec<(Array3<f32>, Array3<f32>, Option<Array2<bool>>)> = Vec::new();
     pipeline::run(&mut engines, &noise, &files, batch, true, |item: Inspected| {
         pb.inc(1);
         let sample = &set.samples[item.index];
@@ -95,7 +101,10 @@ fn run_class(
             }
             let img = item.image.as_ref().expect("inspected images were decoded");
             let mask = mask_or_warn(sample, s, img.dimensions(), &mut local_notes);
-            save_gallery(gallery, sample, img, &insp.map)?;
+            save_gallery(gallery, sample, img, &insp.map, Some(insp.reconstruction.view()), mask.as_ref())?;
+            if !sample.label || mask.is_some() {
+                pairs.push((imaging::preprocess(img, r), insp.reconstruction.clone(), mask.clone()));
+            }
             Ok(Scored {
                 path: item.path.clone(),
                 defect: sample.defect.clone(),
@@ -117,7 +126,17 @@ fn run_class(
     pb.finish_and_clear();
     failures.extend(local_failures);
     notes.extend(local_notes);
-    Ok(scored.into_values().collect())
+    let mut fidelity = Fidelity::default();
+    for chunk in pairs.chunks(batch.max(1)) {
+        let x = ndarray::stack(Axis(0), &chunk.iter().map(|p| p.0.view()).collect::<Vec<_>>())?;
+        let rec = ndarray::stack(Axis(0), &chunk.iter().map(|p| p.1.view()).collect::<Vec<_>>())?;
+        let tx = engines[0].backbone_tokens(x.view())?;
+        let tr = engines[0].backbone_tokens(rec.view())?;
+        for ((a, b), p) in tx.iter().zip(&tr).zip(chunk) {
+            fidelity.add(a, b, p.2.as_ref())?;
+        }
+    }
+    Ok((scored.into_values().collect(), fidelity))
 }
 
 pub fn run(args: EvalArgs) -> Result<bool> {
@@ -143,7 +162,7 @@ pub fn run(args: EvalArgs) -> Result<bool> {
         // others; the metrics of the classes already done are kept and written.
         let mut failures = Vec::new();
         let mut notes = Vec::new();
-        let outcome = (|| -> Result<(TestSet, Vec<Scored>)> {
+        let outcome = (|| -> Result<(TestSet, Vec<Scored>, Option<Fidelity>)> {
             let set = dataset::test_set(&args.dataset, class)?;
             for p in &set.problems {
                 eprintln!("warning: {p}");
@@ -157,17 +176,18 @@ pub fn run(args: EvalArgs) -> Result<bool> {
                 }
             }
             let gallery = args.out.join("gallery").join(class);
-            let scored = if args.baseline {
+            let (scored, fidelity) = if args.baseline {
                 let pb = progress(set.samples.len(), &format!("baseline {}", set.class));
                 let s = run_baseline(settings.engine()?, &args.dataset, &set, batch, &gallery, &mut failures, &mut notes, &|| pb.inc(1))?;
                 pb.finish_and_clear();
-                s
+                (s, None)
             } else {
-                run_class(&settings, &set, batch, &gallery, &mut failures, &mut notes)?
+                let (s, f) = run_class(&settings, &set, batch, &gallery, &mut failures, &mut notes)?;
+                (s, Some(f))
             };
-            Ok((set, scored))
+            Ok((set, scored, fidelity))
         })();
-        let (set, scored) = match outcome {
+        let (set, scored, fidelity) = match outcome {
             Ok(v) => v,
             Err(e) => {
                 let msg = format!("class `{class}`: {e:#}");
@@ -177,6 +197,7 @@ pub fn run(args: EvalArgs) -> Result<bool> {
                     images: 0,
                     failed: 0,
                     metrics: Default::default(),
+                    fidelity: None,
                     problems: vec![msg.clone()],
                 });
                 all_failures.push(msg);
@@ -205,7 +226,10 @@ pub fn run(args: EvalArgs) -> Result<bool> {
         let mut problems = set.problems.clone();
         problems.extend(notes);
         problems.extend(failures.iter().cloned());
-        results.push(ClassResult { class: class.clone(), images: scored.len(), failed: failures.len(), metrics, problems });
+        if let Some(f) = &fidelity {
+            println!("{class}: {}", f.summary());
+        }
+        results.push(ClassResult { class: class.clone(), images: scored.len(), failed: failures.len(), metrics, fidelity, problems });
         all_failures.extend(failures);
     }
     print_table(&results);

@@ -14,7 +14,8 @@ use ndarray::{Array2, Array4, Axis};
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
 use crate::engine::{backbone_channels, bank_dir};
-use crate::eval::score::{compute_metrics, mask_at, Scored};
+use crate::eval::fidelity::Fidelity;
+use crate::eval::score::{compute_metrics, gallery_panels, mask_at, Scored};
 use crate::files as walk;
 use crate::glad::bank::FeatureBank;
 use crate::glad::{MapReference, ParamOverrides, Params};
@@ -66,6 +67,11 @@ pub struct TuneArgs {
     /// Write a station config (the --config file or defaults, with `glad:` set to the choice).
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
+    /// Report folder: tune.json (the ranked grid and the chosen point's reconstruction
+    /// fidelity) and gallery/ (input | reconstruction | heatmap | mask of every validation
+    /// image at the chosen point).
+    #[arg(long, short = 'o', default_value = "out/tune", value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 fn parse_reference(s: &str) -> Result<MapReference, String> {
@@ -292,6 +298,21 @@ pub fn run(args: TuneArgs) -> Result<bool> {
     trials.sort_by(|a, b| b.objective().total_cmp(&a.objective()));
     print!("{}", table(&trials, files.len(), anomalies));
     let best = &trials[0].params;
+    let fidelity = report(&mut engine, best, &val, &noise, bank.as_ref(), args.batch, &args.out)?;
+    println!("chosen point: {}", fidelity.summary());
+    let json = serde_json::json!({
+        "normals": files.len(),
+        "synthetic_anomalies": anomalies,
+        "chosen": { "denoise_step": best.denoise_step, "steps": best.steps, "tau": best.tau, "min_step": best.min_step, "v": best.v, "reference": format!("{:?}", best.reference).to_lowercase() },
+        "fidelity": fidelity,
+        "grid": trials.iter().map(|t| serde_json::json!({
+            "denoise_step": t.params.denoise_step, "steps": t.params.steps, "tau": t.params.tau, "min_step": t.params.min_step,
+            "v": t.params.v, "reference": format!("{:?}", t.params.reference).to_lowercase(),
+            "image_auroc": t.image_auroc, "pixel_auroc": t.pixel_auroc, "pro": t.pro, "objective": t.objective(),
+        })).collect::<Vec<_>>(),
+    });
+    imaging::write_atomic(&args.out.join("tune.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    eprintln!("wrote {} and {}", args.out.join("tune.json").display(), args.out.join("gallery").display());
     let chosen = ParamOverrides {
         denoise_step: Some(best.denoise_step),
         steps: Some(best.steps),
@@ -322,6 +343,46 @@ pub fn run(args: TuneArgs) -> Result<bool> {
         eprintln!("wrote {}", path.display());
     }
     Ok(true)
+}
+
+/// The chosen point once more over the whole validation set: a gallery of panels and the
+/// reconstruction's fidelity (input against reconstruction, on normals, inside and around the
+/// synthetic defects).
+fn report(
+    engine: &mut crate::engine::Engine,
+    p: &Params,
+    val: &ValSet,
+    noise: &crate::glad::reconstruct::Noise,
+    bank: Option<&FeatureBank>,
+    batch: usize,
+    out: &std::path::Path,
+) -> Result<Fidelity> {
+    let gallery = out.join("gallery");
+    std::fs::create_dir_all(&gallery).with_context(|| format!("{}: cannot create the report folder", gallery.display()))?;
+    let n = val.labels.len();
+    let mut fidelity = Fidelity::default();
+    for start in (0..n).step_by(batch) {
+        let end = (start + batch).min(n);
+        let xb = val.x.slice_axis(Axis(0), (start..end).into());
+        let nb = crate::glad::reconstruct::Noise {
+            vae: noise.vae.slice_axis(Axis(0), (start..end).into()).to_owned(),
+            eps: noise.eps.slice_axis(Axis(0), (start..end).into()).to_owned(),
+        };
+        let rec = engine.reconstruct_with(p, xb, &nb)?;
+        let maps = engine.maps_with(p, xb, rec.images.view(), bank)?;
+        let tx = engine.backbone_tokens(xb)?;
+        let tr = engine.backbone_tokens(rec.images.view())?;
+        for (j, m) in maps.iter().enumerate() {
+            let i = start + j;
+            // a synthetic anomaly always has its mask; a normal image has none
+            fidelity.add(&tx[j], &tr[j], val.masks[i].as_ref())?;
+            let img = imaging::tensor_to_rgb(xb.index_axis(Axis(0), j));
+            let panels = gallery_panels(&img, &m.map, Some(rec.images.index_axis(Axis(0), j)), val.masks[i].as_ref());
+            let kind = if val.labels[i] { "synthetic" } else { "good" };
+            imaging::save_png(&panels, &gallery.join(format!("{kind}_{i:03}.png")))?;
+        }
+    }
+    Ok(fidelity)
 }
 
 /// Default tau grid: 0 (ADP off) and the 0.5 and 0.9 quantiles of every ADP score the

@@ -187,6 +187,15 @@ impl Engine {
         anomaly_maps(&mut Checked::new(&mut models, latent, x.shape()[2]), p, x, rec, bank)
     }
 
+    /// The final-map backbone's normalised tokens of images `[B, 3, R, R]` in [-1, 1], prepared
+    /// as the final map prepares them (resize to S, ImageNet normalisation): per image, per layer.
+    pub fn backbone_tokens(&mut self, x: ArrayView4<'_, f32>) -> Result<Vec<Vec<crate::glad::features::Tokens>>> {
+        let s = self.params.backbone_resolution;
+        let latent = self.latent_shape();
+        let mut models = OnnxModels::new(&mut self.bundle);
+        Checked::new(&mut models, latent, x.shape()[2]).map_tokens(crate::glad::bank::backbone_batch(x, s).view())
+    }
+
     /// Inspects a batch `[B, 3, R, R]` in [-1, 1] with the given noise.
     pub fn inspect(&mut self, x: ArrayView4<'_, f32>, noise: &Noise) -> Result<(Vec<Inspection>, StageTimes)> {
         let r = self.resolution();

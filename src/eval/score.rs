@@ -37,6 +37,8 @@ pub struct ClassResult {
     pub images: usize,
     pub failed: usize,
     pub metrics: Metrics,
+    /// Input against reconstruction (`None` for the baseline, which reconstructs nothing).
+    pub fidelity: Option<super::fidelity::Fidelity>,
     pub problems: Vec<String>,
 }
 
@@ -133,13 +135,41 @@ pub fn mask_at(mask: &Array2<f32>, s: usize) -> Array2<bool> {
     Array2::from_shape_fn((s, s), |(y, x)| img.get_pixel(x as u32, y as u32)[0] > 127)
 }
 
-/// `gallery/<class>/<defect>__<name>.heatmap.png` (named as inspect names outputs, so unique):
-/// the heatmap over the image, colours spanning the map's range.
-pub fn save_gallery(gallery: &Path, sample: &Sample, img: &image::RgbImage, map: &Array2<f32>) -> Result<()> {
-    let (lo, hi) = imaging::heat_range(map, None);
+/// Side of each gallery panel, in pixels.
+pub const PANEL: u32 = 192;
+
+/// `gallery/<class>/<defect>__<name>.png` (named as inspect names outputs, so unique): panels
+/// input | reconstruction (when there is one) | heatmap over the input, colours spanning the
+/// map's range | ground truth (black for a normal image).
+pub fn save_gallery(
+    gallery: &Path,
+    sample: &Sample,
+    img: &image::RgbImage,
+    map: &Array2<f32>,
+    rec: Option<ndarray::ArrayView3<'_, f32>>,
+    mask: Option<&Array2<bool>>,
+) -> Result<()> {
     let rel = Path::new(&sample.defect).join(sample.path.file_name().unwrap_or_default());
-    let name = format!("{}.heatmap.png", crate::files::output_stem(&rel));
-    imaging::save_png(&imaging::heatmap_overlay(img, map.view(), lo, hi), &gallery.join(name))
+    let name = format!("{}.png", crate::files::output_stem(&rel));
+    imaging::save_png(&gallery_panels(img, map, rec, mask), &gallery.join(name))
+}
+
+/// The gallery's panels of one image (see [`save_gallery`]).
+pub fn gallery_panels(
+    img: &image::RgbImage,
+    map: &Array2<f32>,
+    rec: Option<ndarray::ArrayView3<'_, f32>>,
+    mask: Option<&Array2<bool>>,
+) -> image::RgbImage {
+    let (lo, hi) = imaging::heat_range(map, None);
+    let heat = imaging::heatmap_overlay(img, map.view(), lo, hi);
+    let truth = mask.map_or_else(|| imaging::mask_to_rgb(&Array2::from_elem(map.dim(), false)), imaging::mask_to_rgb);
+    let rec = rec.map(imaging::tensor_to_rgb);
+    let mut panels = vec![img];
+    panels.extend(rec.as_ref());
+    panels.push(&heat);
+    panels.push(&truth);
+    imaging::panels(&panels, PANEL)
 }
 
 /// The feature-only baseline on one class: a bank from train/good, then nearest-patch maps.
@@ -188,7 +218,7 @@ pub fn run_baseline(
             x.index_axis_mut(Axis(0), i).assign(t);
         }
         for ((sample, _, img, mask), m) in ok.into_iter().zip(bank.maps(&mut models, &params, x.view())?) {
-            save_gallery(gallery, sample, &img, &m.map)?;
+            save_gallery(gallery, sample, &img, &m.map, None, mask.as_ref())?;
             scored.push(Scored {
                 path: sample.path.clone(),
                 defect: sample.defect.clone(),
