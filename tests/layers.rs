@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first (ARCHITECTURE.md).
 const LAYERS: &[&[&str]] = &[
-    &["glad", "runtime", "imaging", "yaml", "files", "asyncrt"],
+    &["glad", "runtime", "imaging", "yaml", "files", "asyncrt", "logging"],
     &["bundle", "config"],
     &["engine"],
     &["record", "telemetry", "sources", "pipeline", "train", "eval"],
