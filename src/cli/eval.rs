@@ -70,6 +70,9 @@ pub fn print_table(results: &[ClassResult]) {
     }
 }
 
+/// An inspected image's input and reconstruction `[3, R, R]` and its defect mask.
+type FidelityPair = (Array3<f32>, Array3<f32>, Option<Array2<bool>>);
+
 /// Inspects one class's test set; images that fail are reported and left out. Also measures
 /// the reconstruction's fidelity (input against reconstruction, on normals and around defects).
 fn run_class(
@@ -90,7 +93,7 @@ fn run_class(
     let mut local_notes = Vec::new();
     let r = engines[0].resolution();
     // (input, reconstruction, mask) of every inspected image, for the fidelity report
-    let mut pairs: Vec<(Array3<f32>, Array3<f32>, Option<Array2<bool>>)> = Vec::new();
+    let mut pairs: Vec<FidelityPair> = Vec::new();
     pipeline::run(&mut engines, &noise, &files, batch, true, |item: Inspected| {
         pb.inc(1);
         let sample = &set.samples[item.index];

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Makes the committed latent texture bundles onnx/ldm64 and onnx/ldm64-{brick,grass,gravel} from
+# data/textures, the way GLAD is made: a latent diffusion model pretrained by others (here by
+# scripts/train_ldm.py on the normal train images of all classes), then per class ATP
+# fine-tuning of its UNet by `train`, a patch bank, parameters tuned on validation data and a
+# calibration. The test sets are used only by the last step (`eval`), which reports.
+#
+#   scripts/texture_bundles.sh pretrain    # torch (scripts/requirements-export.txt); resumable
+#   scripts/texture_bundles.sh class NAME  # train + bank + tune + calibrate one class
+#   scripts/texture_bundles.sh eval NAME   # test-set table: union, bank, reconstruction, baseline
+#
+# Environment: PY (python with torch), GLAD and TRAIN (binaries; default target/release),
+# WORK (checkpoints; default .work/ldm64), THREADS (default 1), STEPS (ATP steps, default 300).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+GLAD=${GLAD:-target/release/glad}
+TRAIN=${TRAIN:-target/release/train}
+WORK=${WORK:-.work/ldm64}
+THREADS=${THREADS:-1}
+STEPS=${STEPS:-300}
+BASE=onnx/ldm64
+
+case "${1:-}" in
+  pretrain)
+    "$PY" scripts/train_ldm.py ae --work "$WORK" --steps 2000 --minutes 20 --batch 16
+    "$PY" scripts/train_ldm.py unet --work "$WORK" --steps 30000 --minutes 42 --batch 16 --log-every 100
+    "$PY" scripts/train_ldm.py sample --work "$WORK" --every 4
+    "$PY" scripts/train_ldm.py export --work "$WORK" --out "$BASE"
+    "$PY" scripts/export_train_graph.py --bundle "$BASE" --batch 8
+    ;;
+  class)
+    c=${2:?class name}
+    out=$BASE-$c
+    "$TRAIN" --bundle "$BASE" --images "data/textures/$c/train/good" --out "$out" --force \
+      --checkpoint "$WORK/$c.ckpt" --steps "$STEPS" --batch 8 --lr 1e-4 --warmup 30 \
+      --threads "$THREADS" --seed 0 --log-every 25 --no-progress --checkpoint-every 50
+    rm -rf "$out/train"   # the training graphs stay with the base bundle
+    "$GLAD" bank --bundle "$out" --images "data/textures/$c/train/good" --coreset 1.0 --precision f16 --threads "$THREADS"
+    "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" \
+      --grid-denoise-step 100,200,300,400 --grid-v 0,1 --grid-reference reconstruction,bank,union --write-defaults
+    "$GLAD" calibrate --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --write-bundle \
+      --write "$WORK/$c-station.yaml"
+    ;;
+  eval)
+    c=${2:?class name}
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    # bank alone: no pixel term either (v = 0), so nothing of the reconstruction enters the map
+    printf 'glad:\n  reference: bank\n  v: 0.0\n' > "$tmp/bank.yaml"
+    printf 'glad:\n  reference: reconstruction\n' > "$tmp/reconstruction.yaml"
+    "$GLAD" eval --dataset data/textures --class "$c" --bundle "$BASE-$c" --threads "$THREADS" --out "$WORK/eval/$c/tuned"
+    for r in bank reconstruction; do
+      "$GLAD" eval --dataset data/textures --class "$c" --bundle "$BASE-$c" --config "$tmp/$r.yaml" --threads "$THREADS" --out "$WORK/eval/$c/$r"
+    done
+    "$GLAD" eval --dataset data/textures --class "$c" --bundle "$BASE-$c" --baseline --threads "$THREADS" --out "$WORK/eval/$c/baseline"
+    ;;
+  *)
+    echo "usage: scripts/texture_bundles.sh pretrain | class NAME | eval NAME" >&2
+    exit 64
+    ;;
+esac
