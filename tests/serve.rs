@@ -113,3 +113,92 @@ fn serve_runs_the_station_with_http_notify_and_a_clean_sigterm() {
     let jsonl = std::fs::read_to_string(tmp.path().join("results/results.jsonl")).unwrap();
     assert!(jsonl.lines().count() >= 1 && jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }
+
+fn post(port: u16, path: &str, token: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Under the default `policy: live`, triggers fired back to back are each a part to inspect:
+/// three POSTs answered 202 are three inspections, none replaced in the live mailbox.
+#[test]
+fn serve_three_http_triggers_in_a_row_are_three_inspections() {
+    const TOKEN: &str = "trigger-token-0123456789";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let results = tmp.path().join("results");
+    let cfg = tmp.path().join("station.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "runtime: {{threads: 1}}\nresults: {{dir: {res}, min_free_bytes: 0}}\ncameras:\n  - name: cam0\n    trigger: true\n    source: {{replay: {{path: {imgs}, fps: 30, loop: true}}}}\n    bundle: {bundle}\n    glad: {{steps: 2, tau: 0.0}}\nhttp: {{bind: \"127.0.0.1:{http}\", trigger_token: \"{TOKEN}\"}}\nservice: {{drain_timeout_s: 10}}\n",
+            res = results.display(),
+            imgs = root.join("data/textures/brick/test/stain").display(),
+            bundle = root.join("onnx/tiny").display(),
+        ),
+    )
+    .unwrap();
+    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("policy"), "the default policy (live) is under test");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glad"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .env_remove("NOTIFY_SOCKET")
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "glad serve exited early");
+        assert!(t0.elapsed() < Duration::from_secs(90), "not ready within 90 s");
+        if TcpStream::connect(("127.0.0.1", http)).is_ok() && get(http, "/readyz").0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Streaming and waiting: nothing inspected without a trigger.
+    std::thread::sleep(Duration::from_millis(500));
+    let records = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(results.join("results.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .filter(|r: &serde_json::Value| r["camera"] == "cam0")
+            .collect()
+    };
+    assert_eq!(records().len(), 0, "inspected without a trigger");
+    let codes: Vec<u16> = (0..3).map(|_| post(http, "/api/trigger/cam0", TOKEN)).collect();
+    assert_eq!(codes, vec![202, 202, 202]);
+    let t1 = Instant::now();
+    while records().len() < 3 && t1.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing more arrives: one inspection per trigger.
+    std::thread::sleep(Duration::from_millis(700));
+    let (_, body) = get(http, "/api/cameras");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t2 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t2.elapsed() < Duration::from_secs(30), "serve did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+    let recs = records();
+    assert_eq!(recs.len(), 3, "three triggers answered 202 are three inspections: {recs:?}\n{body}");
+    assert!(recs.iter().all(|r| r["ok"] == true && r["dropped"] == 0), "{recs:?}");
+    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "three distinct frames, in order: {seqs:?}");
+}

@@ -957,3 +957,120 @@ fn station_glad_run_refuses_triggered_cameras_without_a_trigger_path() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("trigger: true") && err.contains("glad serve"), "{err}");
 }
+
+/// The records of a results log, every line parsed (a torn line fails here).
+fn jsonl_records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: not a whole JSON line ({e}): {l:?}", path.display())))
+        .collect()
+}
+
+/// `seq` starts at 0 again when glad restarts; `run_id` tells the runs apart, so
+/// `camera` + `run_id` + `seq` identify a record across restarts, as the README tells consumers.
+#[test]
+fn station_record_identity_survives_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = images_dir(tmp.path(), 3, false);
+    let results = tmp.path().join("results");
+    let cfg = tmp.path().join("station.yaml");
+    std::fs::write(&cfg, station_yaml(&results, &frames, "    policy: lossless\n", 0.0, false)).unwrap();
+    let mut per_run = Vec::new();
+    for run in 0..2 {
+        let o = glad().args(["run", "-q", "--config"]).arg(&cfg).output().unwrap();
+        assert!(o.status.success(), "run {run}: {}", String::from_utf8_lossy(&o.stderr));
+        let recs = jsonl_records(&results.join("results.jsonl"));
+        per_run.push(recs.len());
+        if run == 1 {
+            let n0 = per_run[0];
+            assert!(n0 >= 3 && recs.len() == 2 * n0, "both runs appended to one log: {per_run:?}");
+            let ids: Vec<&str> = recs.iter().map(|r| r["run_id"].as_str().unwrap_or_else(|| panic!("no run_id: {r}"))).collect();
+            assert!(ids.iter().all(|id| !id.is_empty()), "{ids:?}");
+            assert!(ids[..n0].iter().all(|id| *id == ids[0]) && ids[n0..].iter().all(|id| *id == ids[n0]), "one run_id per run: {ids:?}");
+            assert_ne!(ids[0], ids[n0], "a restart gets a new run_id");
+            // seq alone repeats across the restart; the triple does not.
+            let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+            assert_eq!(seqs[..n0], seqs[n0..], "seq starts at 0 again after a restart");
+            let keys: std::collections::BTreeSet<(String, String, u64)> = recs
+                .iter()
+                .map(|r| (r["camera"].as_str().unwrap().to_string(), r["run_id"].as_str().unwrap().to_string(), r["seq"].as_u64().unwrap()))
+                .collect();
+            assert_eq!(keys.len(), recs.len(), "(camera, run_id, seq) is unique over both runs");
+        }
+    }
+    // What consumers are told to deduplicate on.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(readme.contains("deduplicate on `camera` + `run_id` + `seq`"), "README: dedup key");
+    assert!(!readme.contains("deduplicate on `camera` + `seq`"), "README still says camera + seq");
+}
+
+/// A real file system filling up under `glad run` (a 64 KiB tmpfs): every line of
+/// results.jsonl stays whole JSON, the lost records are counted in the final summary, and the
+/// exit status says records were lost.
+#[test]
+fn station_glad_run_on_a_full_tmpfs_never_tears_a_line() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = images_dir(tmp.path(), 3, false);
+    let Some(disk) = Tmpfs::mount(&tmp.path().join("full")) else { return };
+    let results = disk.0.clone();
+    let cfg = tmp.path().join("station.yaml");
+    let yaml = station_yaml(&results, &frames, "    threshold: 1.0\n    policy: lossless\n", 0.0, true)
+        .replace("min_free_bytes: 0}", "min_free_bytes: 0, store_ng: false}");
+    assert!(yaml.contains("store_ng: false"));
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut child = glad().args(["run", "-q", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let err = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let err = err.clone();
+        let mut pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut pipe, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                err.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    // Until the file system is full and a few records were lost on it.
+    let t0 = Instant::now();
+    while err.lock().unwrap().matches("record lost").count() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the tmpfs never filled: {}", err.lock().unwrap());
+        assert!(child.try_wait().unwrap().is_none(), "glad run exited early: {}", err.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(30), "glad run did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    let stderr = strip_ansi(&err.lock().unwrap());
+    assert!(!status.success(), "records were lost but glad run exited 0: {stderr}");
+    assert!(stderr.contains("records were lost"), "{stderr}");
+    let recs = jsonl_records(&results.join("results.jsonl"));
+    assert!(!recs.is_empty(), "some records fit before the disk filled");
+    let stopped = stderr.lines().find(|l| l.contains("station stopped")).unwrap_or_else(|| panic!("{stderr}"));
+    let field = |k: &str| -> u64 {
+        stopped
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k}= in {stopped}"))
+    };
+    assert!(field("lost") >= 3, "{stopped}");
+    assert_eq!(field("recorded"), recs.len() as u64, "the summary's recorded count is what the log holds: {stopped}");
+    assert!(stderr.contains(&format!("jsonl: {}", field("lost"))), "the exit error counts the same lost records: {stderr}");
+}
