@@ -451,15 +451,6 @@ class DecoderRole(nn.Module):
         return self.dec(latent)
 
 
-class UnetRole(nn.Module):
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample, timestep):
-        return self.unet(sample, timestep, return_dict=False)[0]
-
-
 MANIFEST = """format: 1
 name: {name}
 description: latent diffusion at {R} px (KL autoencoder factor {FACTOR}, {LATENT} channels; UNet2DModel {params} parameters) pretrained on the normal train images of brick, grass and gravel + EfficientNet-Lite0 backbones (final map at 128, ADP at {R})
@@ -520,6 +511,7 @@ provenance:
 
 def stage_export(args):
     import export_bundle as eb
+    from export_pixel_bundle import PixelUnet  # (sample, timestep) -> noise_pred, as for pixel bundles
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     ae = load_ae(args.work)
@@ -541,7 +533,7 @@ def stage_export(args):
 
     roles = [
         eb.Role("vae_encoder", EncoderRole(ae).eval(), ["image"], ["mean", "logvar"], img),
-        eb.Role("unet", UnetRole(unet).eval(), ["sample", "timestep"], ["noise_pred"], unet_in),
+        eb.Role("unet", PixelUnet(unet).eval(), ["sample", "timestep"], ["noise_pred"], unet_in),
         eb.Role("vae_decoder", DecoderRole(ae).eval(), ["latent"], ["image"], lat),
     ]
     eb.export_roles(roles, out, 1e-4, 1e-4, 0)
