@@ -23,8 +23,14 @@ BASE=onnx/ldm64
 
 case "${1:-}" in
   pretrain)
-    "$PY" scripts/train_ldm.py ae --work "$WORK" --steps 2000 --minutes 20 --batch 16
-    "$PY" scripts/train_ldm.py unet --work "$WORK" --steps 30000 --minutes 42 --batch 16 --log-every 100
+    # Continues from the committed base bundle when the torch checkpoints are gone (`recover`
+    # rebuilds them from its ONNX files); stage totals are steps, not increments.
+    if [ ! -f "$WORK/ae.pt" ] && [ -f "$BASE/bundle.yaml" ]; then
+      "$PY" scripts/train_ldm.py recover --work "$WORK" --out "$BASE"
+    fi
+    "$PY" scripts/train_ldm.py ae --work "$WORK" --steps "${AE_STEPS:-4500}" --minutes 30 --batch 16 --lr 5e-4 --log-every 100
+    rm -f "$WORK/latents.pt"   # the latents belong to the autoencoder just trained
+    "$PY" scripts/train_ldm.py unet --work "$WORK" --steps "${UNET_STEPS:-30000}" --minutes "${UNET_MINUTES:-42}" --batch 16 --log-every 100
     "$PY" scripts/train_ldm.py sample --work "$WORK" --every 4
     "$PY" scripts/train_ldm.py export --work "$WORK" --out "$BASE"
     "$PY" scripts/export_train_graph.py --bundle "$BASE" --batch 8
@@ -38,7 +44,7 @@ case "${1:-}" in
     rm -rf "$out/train"   # the training graphs stay with the base bundle
     "$GLAD" bank --bundle "$out" --images "data/textures/$c/train/good" --coreset 1.0 --precision f16 --threads "$THREADS"
     "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" \
-      --grid-denoise-step 100,200,300,400 --grid-v 0,1 --grid-reference reconstruction,bank,union --write-defaults
+      --grid-denoise-step 100,200,300 --grid-v 0,0.5,1 --grid-reference reconstruction,bank,union --write-defaults
     "$GLAD" calibrate --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --write-bundle \
       --write "$WORK/$c-station.yaml"
     ;;

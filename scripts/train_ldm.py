@@ -7,6 +7,7 @@ Diffusion, at a size one CPU core trains. Per class, `train` then ATP-fine-tunes
     python3 scripts/train_ldm.py unet   --work DIR [--steps N] [--minutes M]
     python3 scripts/train_ldm.py export --work DIR --out onnx/ldm64
     python3 scripts/train_ldm.py sample --work DIR        # reconstruction check on validation normals
+    python3 scripts/train_ldm.py recover --work DIR --out onnx/ldm64   # checkpoints from a bundle
     python3 scripts/train_ldm.py atp-bench --work DIR --batch 8 --steps 20   # torch's step time, vs `train`
 
 Each stage resumes from its checkpoint in DIR (`ae.pt`, `unet.pt`: weights, EMA, optimiser, step
@@ -185,7 +186,8 @@ def stage_ae(args):
     if os.path.exists(path):
         ck = torch.load(path, weights_only=False)
         ae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
+        if ck["opt"] is not None:
+            opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
         step = ck["step"]
         log(f"ae: resumed at step {step}")
@@ -312,7 +314,8 @@ def stage_unet(args):
         ck = torch.load(path, weights_only=False)
         unet.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
+        if ck["opt"] is not None:
+            opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
         step = ck["step"]
         log(f"unet: resumed at step {step}")
@@ -551,9 +554,128 @@ def stage_export(args):
     log(f"bundle {out}: {eb.dir_size(out) / 1e6:.2f} MB")
 
 
+def _exec_order(module, sd, example):
+    """state_dict keys sorted by the first call of their owning module in a forward pass (the
+    graph's order), so unnamed initializers can be matched in order."""
+    calls, hooks = [], []
+    for name, mod in module.named_modules():
+        hooks.append(mod.register_forward_pre_hook(lambda m, a, name=name: calls.append(name)))
+    with torch.no_grad():
+        example()
+    for h in hooks:
+        h.remove()
+    first = {}
+    for i, n in enumerate(calls):
+        first.setdefault(n, i)
+
+    def key(k):
+        return first.get(k.rsplit(".", 1)[0], -1)
+
+    return {k: sd[k] for k in sorted(sd, key=key)}
+
+
+def _load_initializers(module, files, prefix_strip, example=None):
+    """Loads `module`'s parameters from the initializers of the ONNX `files`: by name (after a
+    prefix in `prefix_strip`), else the next unnamed GroupNorm scale/shift or MatMul weight."""
+    import onnx
+    from onnx import numpy_helper
+
+    sd = module.state_dict()
+    if example is not None:
+        sd = _exec_order(module, sd, example)
+    named, ordered = {}, []
+    for f in files:
+        m = onnx.load(f)
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        named.update({k: v for k, v in inits.items()})
+        seen = set()
+        gn_in = {i for n in m.graph.node if n.name.startswith("node_group_norm") for i in n.input}
+        for n in m.graph.node:
+            if n.op_type in ("Mul", "Add", "MatMul") and len(n.input) > 1:
+                i = n.input[1]
+                if i in inits and not any(i.startswith(p) for p in prefix_strip) and i not in seen and inits[i].ndim >= 1 and inits[i].size > 1:
+                    if n.op_type == "MatMul" or n.name.startswith("node_group_norm") or (n.op_type == "Mul" and n.output[0] in gn_in):
+                        seen.add(i)
+                        ordered.append((i, n.op_type, inits[i]))
+    out = {}
+    q = list(ordered)
+    for k, v in sd.items():
+        for p in prefix_strip:
+            if p + k in named:
+                out[k] = torch.from_numpy(np.array(named[p + k]))
+                break
+        else:
+            if not q:
+                raise SystemExit(f"error: {files[0]}: no initializer left for parameter {k}")
+            name, op, a = q.pop(0)
+            if op == "MatMul":
+                a = a.T
+            a = a.reshape(v.shape)
+            out[k] = torch.from_numpy(np.array(a))
+    if q:
+        raise SystemExit(f"error: {files[0]}: {len(q)} unnamed initializers match no parameter")
+    module.load_state_dict(out)
+    return module
+
+
+def stage_recover(args):
+    """Rebuilds the checkpoints ae.pt and unet.pt from an exported bundle (--out), so training
+    continues from a committed bundle when the torch checkpoints are gone. The ONNX exporter
+    keeps parameter names except for GroupNorm scales/shifts and attention projections, which it
+    stores unnamed (projections transposed); those are matched in the order the forward pass
+    uses their modules, and the rebuilt models are checked against ONNX Runtime. The optimiser
+    state is not in a bundle: it starts afresh (the EMA weights become the model's)."""
+    import re
+    import onnxruntime as ort
+
+    b = args.out
+    ae = AutoEncoder()
+    _load_initializers(ae.enc, [os.path.join(b, "vae_encoder.onnx")], ["enc."])
+    _load_initializers(ae.dec, [os.path.join(b, "vae_decoder.onnx")], ["dec."])
+    u = make_unet()
+    h = R // FACTOR
+    _load_initializers(u, [os.path.join(b, "unet.onnx")], ["unet."],
+                       lambda: u(torch.zeros(1, LATENT, h, h), torch.tensor([10])))
+    ae.eval()
+    u.eval()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 3, R, R)).astype(F32)
+    z = rng.standard_normal((2, LATENT, h, h)).astype(F32)
+    ts = np.array([500, 20], np.int64)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    with torch.no_grad():
+        checks = {
+            "vae_encoder": (ort.InferenceSession(os.path.join(b, "vae_encoder.onnx"), so).run(None, {"image": x})[0],
+                            ae.enc(torch.from_numpy(x))[0].numpy()),
+            "vae_decoder": (ort.InferenceSession(os.path.join(b, "vae_decoder.onnx"), so).run(None, {"latent": z})[0],
+                            ae.dec(torch.from_numpy(z)).numpy()),
+            "unet": (ort.InferenceSession(os.path.join(b, "unet.onnx"), so).run(None, {"sample": z, "timestep": ts})[0],
+                     u(torch.from_numpy(z), torch.from_numpy(ts)).sample.numpy()),
+        }
+    for name, (a, c) in checks.items():
+        d = float(np.abs(a - c).max())
+        log(f"recover: {name} torch vs ONNX Runtime max |diff| {d:.2e}")
+        if not d < 1e-4:
+            raise SystemExit(f"error: {b}/{name}.onnx: rebuilt torch model differs by {d:.2e} (expected < 1e-4)")
+    with open(os.path.join(b, "bundle.yaml")) as f:
+        text = f.read()
+    steps = re.search(r"autoencoder (\d+) steps, UNet (\d+) steps", text)
+    scale = re.search(r"scaling_factor: ([0-9.eE+-]+)", text)
+    if not (steps and scale):
+        raise SystemExit(f"error: {b}/bundle.yaml: expected provenance.weights with the step counts and latent.scaling_factor")
+    gen = torch.Generator().manual_seed(args.seed + int(steps.group(2)))
+    save(os.path.join(args.work, "ae.pt"), {"model": ae.state_dict(), "opt": None, "gen": gen.get_state(),
+                                            "step": int(steps.group(1))})
+    save(os.path.join(args.work, "unet.pt"), {"model": u.state_dict(), "ema": u.state_dict(), "opt": None,
+                                              "gen": gen.get_state(), "step": int(steps.group(2)),
+                                              "scale": float(scale.group(1))})
+    log(f"recover: {args.work}/ae.pt (step {steps.group(1)}) and unet.pt (step {steps.group(2)}) from {b}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["ae", "unet", "sample", "export", "atp-bench"])
+    p.add_argument("stage", choices=["ae", "unet", "sample", "export", "atp-bench", "recover"])
     p.add_argument("--work", required=True, help="checkpoint folder")
     p.add_argument("--data", default="data/textures")
     p.add_argument("--out", help="bundle folder (export)")
@@ -572,9 +694,10 @@ def main():
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     os.makedirs(args.work, exist_ok=True)
-    if args.stage == "export" and not args.out:
-        raise SystemExit("error: export needs --out")
-    {"ae": stage_ae, "unet": stage_unet, "sample": stage_sample, "export": stage_export, "atp-bench": stage_atp_bench}[args.stage](args)
+    if args.stage in ("export", "recover") and not args.out:
+        raise SystemExit(f"error: {args.stage} needs --out (the bundle folder)")
+    {"ae": stage_ae, "unet": stage_unet, "sample": stage_sample, "export": stage_export, "atp-bench": stage_atp_bench,
+     "recover": stage_recover}[args.stage](args)
 
 
 if __name__ == "__main__":
