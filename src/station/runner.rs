@@ -146,6 +146,8 @@ pub struct Station {
     cameras: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     output: Option<JoinHandle<()>>,
+    /// Set by `shutdown` when an engine is still inspecting at the drain deadline.
+    abandon: Arc<AtomicBool>,
     sinks: Vec<Arc<dyn Sink>>,
     cams: BTreeMap<String, Arc<Cam>>,
     config: Mutex<StationConfig>,
@@ -456,9 +458,18 @@ fn output_thread(
     sinks: Vec<Arc<dyn Sink>>,
     state: Arc<StationState>,
     recorded: Arc<AtomicU64>,
+    abandon: Arc<AtomicBool>,
 ) {
     let m = &state.metrics;
-    for mut r in rx {
+    loop {
+        // Ends when every engine has hung up, or, once shutdown gives up on an engine still
+        // busy with a frame (`abandon`), as soon as nothing is waiting.
+        let mut r = match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) if abandon.load(Ordering::Acquire) => break,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let t0 = Instant::now();
         let stored = store.keep(&r);
         if stored != Stored::default() {
@@ -647,9 +658,11 @@ impl Station {
             }
         }
         drop(out_tx);
+        let abandon = Arc::new(AtomicBool::new(false));
         let output = {
             let (st, rec, sinks) = (state.clone(), recorded.clone(), sinks.clone());
-            std::thread::Builder::new().name("station-output".into()).spawn(move || output_thread(out_rx, store, sinks, st, rec))?
+            let ab = abandon.clone();
+            std::thread::Builder::new().name("station-output".into()).spawn(move || output_thread(out_rx, store, sinks, st, rec, ab))?
         };
         state.ready.store(true, Ordering::Release);
         tracing::info!(cameras = config.cameras.len(), "station running");
@@ -659,6 +672,7 @@ impl Station {
             cameras,
             workers,
             output: Some(output),
+            abandon,
             sinks,
             cams,
             config: Mutex::new(config),
@@ -754,10 +768,30 @@ impl Station {
         for h in self.cameras.drain(..) {
             let _ = h.join();
         }
+        // An ONNX Runtime call cannot be interrupted, and a frame may take minutes on a slow
+        // machine: engines still busy at the deadline are left to the process's exit, so a stop
+        // never outlasts the drain timeout (and the unit's TimeoutStopSec) by a frame.
+        let deadline = t0 + timeout;
+        let mut busy = 0usize;
         for h in self.workers.drain(..) {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !h.is_finished() {
+                busy += 1;
+                continue;
+            }
             if h.join().is_err() {
                 bail!("an engine thread panicked");
             }
+        }
+        if busy > 0 {
+            tracing::warn!(
+                engines = busy,
+                drain_s = timeout.as_secs_f64(),
+                "engine still inspecting a frame at the drain deadline: stopping without that frame's record"
+            );
+            self.abandon.store(true, Ordering::Release);
         }
         if let Some(h) = self.output.take() {
             let _ = h.join();
@@ -776,6 +810,7 @@ impl Station {
             captured = self.captured.load(Ordering::Relaxed),
             recorded = self.recorded.load(Ordering::Relaxed).saturating_sub(log_lost),
             lost = log_lost,
+            in_flight_abandoned = busy,
             seconds = t0.elapsed().as_secs_f64(),
             "station stopped"
         );
