@@ -38,12 +38,20 @@ case "${1:-}" in
   class)
     c=${2:?class name}
     out=$BASE-$c
-    "$TRAIN" --bundle "$BASE" --images "data/textures/$c/train/good" --out "$out" --force \
+    # Foreign textures for the synthetic anomalies of ATP and of tune's validation set (the way
+    # DRAEM and GLAD paste DTD textures): the other classes' train normals, never a test image.
+    foreign="$WORK/foreign-$c"
+    rm -rf "$foreign" && mkdir -p "$foreign"
+    for o in data/textures/*/; do
+      o=$(basename "$o")
+      [ "$o" = "$c" ] || for f in data/textures/$o/train/good/*.png; do ln -s "$PWD/$f" "$foreign/$o-$(basename "$f")"; done
+    done
+    "$TRAIN" --bundle "$BASE" --images "data/textures/$c/train/good" --out "$out" --force --textures "$foreign" \
       --checkpoint "$WORK/$c.ckpt" --steps "$STEPS" --batch 8 --lr 1e-4 --warmup 30 \
       --threads "$THREADS" --seed 0 --log-every 25 --no-progress --checkpoint-every 50
     rm -rf "$out/train"   # the training graphs stay with the base bundle
     "$GLAD" bank --bundle "$out" --images "data/textures/$c/train/good" --coreset 1.0 --precision f16 --threads "$THREADS"
-    "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" \
+    "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --textures "$foreign" \
       --grid-denoise-step 100,200,300 --grid-v 0,0.5,1 --grid-reference reconstruction,bank,union --write-defaults
     "$GLAD" calibrate --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --write-bundle \
       --write "$WORK/$c-station.yaml"
