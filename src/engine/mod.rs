@@ -12,7 +12,7 @@ use ndarray::{Array2, Array3, ArrayView4, Axis};
 
 pub use noise::NoiseSource;
 pub use onnx_models::{ModelTimes, OnnxModels};
-pub use spec::{noise_source, resolve_verdict, EngineFacts, EngineSpec, VerdictRule, VerdictSpec};
+pub use spec::{noise_source, resolve_scoring, resolve_verdict, EngineFacts, EngineSpec, VerdictRule, VerdictSpec};
 
 use crate::bundle::Bundle;
 use crate::glad::bank::FeatureBank;
@@ -53,6 +53,9 @@ pub struct Engine {
     ab: AlphaBar,
     /// The normal-patch bank, loaded when `params.reference` is `bank` or `union`.
     bank: Option<FeatureBank>,
+    /// The scoring graphs when the min-cosine maps and ADP scores run in ONNX Runtime
+    /// (`runtime.scoring`, resolved by [`resolve_scoring`]); `None`: glad's Rust code.
+    scoring: Option<crate::runtime::ScoringGraphs>,
 }
 
 /// T must lie inside the scheduler's train timesteps (checked for every parameter set run).
@@ -143,7 +146,22 @@ impl Engine {
             MapReference::Reconstruction => None,
             _ => Some(FeatureBank::load(&bank_dir(&bundle), &backbone_channels(&bundle)?)?),
         };
-        Ok(Engine { bundle, params, ab, bank })
+        Ok(Engine { bundle, params, ab, bank, scoring: None })
+    }
+
+    /// Scores with `graphs` (the ONNX scoring graphs) instead of glad's Rust code; `None`
+    /// goes back to Rust.
+    pub fn set_scoring(&mut self, graphs: Option<crate::runtime::ScoringGraphs>) {
+        self.scoring = graphs;
+    }
+
+    /// `onnx` when the engine scores in ONNX Runtime, else `rust`.
+    pub fn scoring(&self) -> &'static str {
+        if self.scoring.is_some() {
+            "onnx"
+        } else {
+            "rust"
+        }
     }
 
     /// Runs one black image through every model (the first run allocates and optimises), so
@@ -170,7 +188,7 @@ impl Engine {
         check_denoise_step(&self.bundle, &self.ab, p)?;
         let sched = self.bundle.manifest.scheduler.clone();
         let latent = self.latent_shape();
-        let mut models = OnnxModels::new(&mut self.bundle);
+        let mut models = OnnxModels::new(&mut self.bundle).with_scoring(self.scoring.as_mut());
         reconstruct(&mut Checked::new(&mut models, latent, x.shape()[2]), &sched, &self.ab, p, x, noise)
     }
 
@@ -183,7 +201,7 @@ impl Engine {
         bank: Option<&FeatureBank>,
     ) -> Result<Vec<AnomalyMap>> {
         let latent = self.latent_shape();
-        let mut models = OnnxModels::new(&mut self.bundle);
+        let mut models = OnnxModels::new(&mut self.bundle).with_scoring(self.scoring.as_mut());
         anomaly_maps(&mut Checked::new(&mut models, latent, x.shape()[2]), p, x, rec, bank)
     }
 
@@ -192,7 +210,7 @@ impl Engine {
     pub fn backbone_tokens(&mut self, x: ArrayView4<'_, f32>) -> Result<Vec<Vec<crate::glad::features::Tokens>>> {
         let s = self.params.backbone_resolution;
         let latent = self.latent_shape();
-        let mut models = OnnxModels::new(&mut self.bundle);
+        let mut models = OnnxModels::new(&mut self.bundle).with_scoring(self.scoring.as_mut());
         Checked::new(&mut models, latent, x.shape()[2]).map_tokens(crate::glad::bank::backbone_batch(x, s).view())
     }
 
@@ -204,7 +222,7 @@ impl Engine {
         }
         let sched = self.bundle.manifest.scheduler.clone();
         let latent = self.latent_shape();
-        let mut models = OnnxModels::new(&mut self.bundle);
+        let mut models = OnnxModels::new(&mut self.bundle).with_scoring(self.scoring.as_mut());
         let (out, reconstruct, anomaly_map) =
             inspect_with(&mut models, &sched, &self.ab, &self.params, latent, x, noise, self.bank.as_ref())?;
         let times = StageTimes { models: models.times.clone(), reconstruct, anomaly_map };

@@ -17,7 +17,7 @@ use super::{Engine, NoiseSource};
 use crate::bundle::{Bundle, Manifest};
 use crate::config::{check_threshold, preset, CalibratedWith, Calibration, NoiseConfig};
 use crate::glad::{ParamOverrides, Params};
-use crate::runtime::RuntimeConfig;
+use crate::runtime::{ProviderKind, RuntimeConfig, Scoring};
 
 /// The noise source of a noise config: the folder of .npy noise, else the seeded generator.
 pub fn noise_source(n: &NoiseConfig) -> Result<NoiseSource> {
@@ -104,11 +104,16 @@ impl EngineSpec {
         merged.resolve_named(bundle.manifest.models.backbone.resolution, &what)
     }
 
-    /// Loads the bundle and builds the engine.
+    /// Loads the bundle and builds the engine, with the scoring path of `runtime.scoring`.
     pub fn engine(&self) -> Result<Engine> {
         let bundle = self.load_bundle()?;
         let params = self.params(&bundle)?;
-        Engine::new(bundle, params)
+        let onnx = resolve_scoring(self.runtime.scoring, &bundle) == Scoring::Onnx;
+        let mut engine = Engine::new(bundle, params)?;
+        if onnx {
+            engine.set_scoring(Some(self.runtime.load_scoring()?));
+        }
+        Ok(engine)
     }
 
     pub fn noise_source(&self) -> Result<NoiseSource> {
@@ -123,6 +128,20 @@ impl EngineSpec {
     /// The verdict rule of `engine` (see the module notes for the order and the checks).
     pub fn verdict(&self, engine: &Engine) -> Result<VerdictRule> {
         resolve_verdict(&self.verdict, &EngineFacts::of(engine, &self.noise))
+    }
+}
+
+/// The scoring path `runtime.scoring` gives for `bundle`: `rust` or `onnx`. `auto` is `onnx`
+/// when the backbone runs on CUDA or TensorRT (the tokens and the similarity matrix stay on
+/// the device's GEMM), else `rust`: on the CPU the Rust GEMM is as fast or faster at every
+/// token count measured (benches/kernels.rs, `scoring_*`; README, Performance).
+pub fn resolve_scoring(cfg: Scoring, bundle: &Bundle) -> Scoring {
+    match cfg {
+        Scoring::Auto => match bundle.backbone.provider() {
+            ProviderKind::Cuda | ProviderKind::Tensorrt => Scoring::Onnx,
+            ProviderKind::Cpu => Scoring::Rust,
+        },
+        other => other,
     }
 }
 
