@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use glad_edge::bundle::Bundle;
-use glad_edge::engine::{Engine, NoiseSource};
+use glad_edge::engine::{Engine, NoiseSource, ScoringPath};
 use glad_edge::glad::{LatentMode, ParamOverrides};
 use glad_edge::runtime::RuntimeConfig;
 use ndarray::{Array1, Array3, Array4, ArrayD, ArrayView4, Axis, Ix1, Ix3, Ix4};
@@ -57,9 +57,9 @@ fn run_case_with(name: &str, onnx: bool) {
     let bundle = Bundle::load(&root().join("onnx/tiny"), &rt).unwrap();
     let mut engine = Engine::new(bundle, params).unwrap();
     if onnx {
-        engine.set_scoring(Some(rt.load_scoring().unwrap()));
+        engine.set_scoring(rt.load_scoring().unwrap(), ScoringPath::Onnx);
     }
-    assert_eq!(engine.scoring(), if onnx { "onnx" } else { "rust" });
+    assert_eq!(engine.scoring(), if onnx { ScoringPath::Onnx } else { ScoringPath::Rust });
     let images: Array4<f32> = npy::<f32>(&dir.join("images.npy")).into_dimensionality::<Ix4>().unwrap();
     let b = images.shape()[0];
     let noise = NoiseSource::from_dir(&dir).unwrap().draw(&(0..b).collect::<Vec<_>>(), engine.latent_shape()).unwrap();

@@ -110,3 +110,60 @@ fn adp_every_checks_every_nth_step() {
         assert!(c.adp.unwrap().step <= a.adp.unwrap().step, "image {i}: stopped earlier than the exact path");
     }
 }
+
+/// `runtime.scoring` / `--scoring`: resolved in EngineSpec; a bad value is one line naming the key.
+#[test]
+fn scoring_key_is_resolved_and_checked() {
+    use glad_edge::engine::{resolve_scoring, ScoringPath};
+    use glad_edge::runtime::Scoring;
+    let bundle = Bundle::load(&root().join("onnx/tiny"), &rt()).unwrap();
+    let p = bundle.manifest.defaults.resolve(128).unwrap();
+    let sym = glad_edge::glad::Params { symmetric: true, ..p.clone() };
+    assert_eq!(resolve_scoring(Scoring::Rust, &bundle, &sym), ScoringPath::Rust);
+    assert_eq!(resolve_scoring(Scoring::Onnx, &bundle, &p), ScoringPath::Onnx);
+    assert_eq!(resolve_scoring(Scoring::Auto, &bundle, &p), ScoringPath::Rust, "CPU auto without the symmetric term");
+    assert_eq!(resolve_scoring(Scoring::Auto, &bundle, &sym), ScoringPath::OnnxSymmetric);
+    assert_eq!(glad_edge::config::check_scoring("onnx"), Ok(Scoring::Onnx));
+    let e = glad_edge::config::check_scoring("gpu").unwrap_err();
+    assert!(e.contains("rust, onnx or auto") && e.contains("`gpu`"), "{e}");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.yaml");
+    std::fs::write(&cfg, "runtime:\n  scoring: gpu\n").unwrap();
+    let e = format!("{:#}", glad_edge::config::Config::load(&cfg).unwrap_err());
+    assert!(e.contains("runtime.scoring") && !e.contains('\n'), "{e}");
+    std::fs::write(&cfg, "glad:\n  adp_every: 0\n").unwrap();
+    let e = format!("{:#}", glad_edge::config::Config::load(&cfg).unwrap_err());
+    assert!(e.contains("glad.adp_every") && !e.contains('\n'), "{e}");
+    // The engine of a spec with `runtime.scoring: onnx` scores in ONNX Runtime.
+    let spec = glad_edge::engine::EngineSpec {
+        bundle_dir: root().join("onnx/tiny"),
+        runtime: RuntimeConfig { scoring: Scoring::Onnx, ..rt() },
+        preset: None,
+        layers: vec![],
+        noise: Default::default(),
+        verdict: Default::default(),
+    };
+    assert_eq!(spec.engine().unwrap().scoring(), ScoringPath::Onnx);
+}
+
+/// CPU `auto` with the symmetric term: the graph only for pairs of at least
+/// AUTO_CPU_MIN_TOKENS tokens on both sides with `m2` asked for; ADP scores stay in Rust.
+#[test]
+fn cpu_auto_uses_the_graph_for_large_symmetric_pairs_only() {
+    use glad_edge::engine::{OnnxModels, AUTO_CPU_MIN_TOKENS};
+    use glad_edge::glad::Models;
+    let mut bundle = Bundle::load(&root().join("onnx/tiny"), &rt()).unwrap();
+    let mut graphs = rt().load_scoring().unwrap();
+    let mut m = OnnxModels::new(&mut bundle).with_scoring(Some((&mut graphs, false)));
+    let (_, x) = tokens(AUTO_CPU_MIN_TOKENS, 16, 1);
+    let (_, r) = tokens(AUTO_CPU_MIN_TOKENS, 16, 2);
+    let (_, small) = tokens(64, 16, 3);
+    m.cosine_maps(&x, &r, false).unwrap();
+    m.cosine_maps(&small, &small, true).unwrap();
+    m.adp_score(&x, &r, 10).unwrap();
+    assert_eq!(m.times.scoring, std::time::Duration::ZERO, "Rust for m1 alone, small pairs and ADP");
+    let (m1, m2) = m.cosine_maps(&x, &r, true).unwrap();
+    assert!(m.times.scoring > std::time::Duration::ZERO, "the graph for a large symmetric pair");
+    assert!(max_diff(&m1, &min_cosine_distance(&x, &r)) <= 2e-6);
+    assert!(max_diff(&m2.unwrap(), &min_cosine_distance(&r, &x)) <= 2e-6);
+}

@@ -34,8 +34,10 @@ pub struct OnnxModels<'b> {
     pub times: ModelTimes,
     /// `[uncond; cond]` context rows, cached per batch size.
     context: Option<(usize, Array3<f32>)>,
-    /// The scoring graphs, when the engine scores inside ONNX Runtime.
-    scoring: Option<&'b mut ScoringGraphs>,
+    /// The scoring graphs, when the engine scores inside ONNX Runtime: for every map and ADP
+    /// score (`true`), or only for symmetric final-map layers of at least
+    /// `AUTO_CPU_MIN_TOKENS` tokens on both sides (`false`, CPU `auto`).
+    scoring: Option<(&'b mut ScoringGraphs, bool)>,
 }
 
 fn to4(a: ndarray::ArrayD<f32>, what: &str) -> Result<Array4<f32>> {
@@ -99,8 +101,9 @@ impl<'b> OnnxModels<'b> {
         OnnxModels { bundle, times: ModelTimes::default(), context: None, scoring: None }
     }
 
-    /// Computes the min-cosine maps and ADP scores with `scoring` (`None`: glad's Rust code).
-    pub fn with_scoring(mut self, scoring: Option<&'b mut ScoringGraphs>) -> Self {
+    /// Computes the min-cosine maps and ADP scores with `scoring` (`None`: glad's Rust code;
+    /// `Some((graphs, false))`: the graphs for large symmetric layers only).
+    pub fn with_scoring(mut self, scoring: Option<(&'b mut ScoringGraphs, bool)>) -> Self {
         self.scoring = scoring;
         self
     }
@@ -240,19 +243,20 @@ impl Models for OnnxModels<'_> {
     }
 
     fn cosine_maps(&mut self, p: &Tokens, q: &Tokens, both: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        match self.scoring.as_deref_mut() {
-            Some(g) => {
+        let large = both && p.data.nrows().min(q.data.nrows()) >= super::AUTO_CPU_MIN_TOKENS;
+        match self.scoring.as_mut() {
+            Some((g, all)) if *all || large => {
                 let (m1, m2) = timed(&mut self.times.scoring, || g.cosine_maps(p.data.view(), q.data.view()))?;
                 Ok((m1, both.then_some(m2)))
             }
-            None => Ok((min_cosine_distance(p, q), both.then(|| min_cosine_distance(q, p)))),
+            _ => Ok((min_cosine_distance(p, q), both.then(|| min_cosine_distance(q, p)))),
         }
     }
 
     fn adp_score(&mut self, a: &Tokens, r: &Tokens, k: usize) -> Result<(Vec<f32>, f32)> {
-        match self.scoring.as_deref_mut() {
-            Some(g) => timed(&mut self.times.scoring, || g.adp_score(a.data.view(), r.data.view(), k)),
-            None => {
+        match self.scoring.as_mut() {
+            Some((g, true)) => timed(&mut self.times.scoring, || g.adp_score(a.data.view(), r.data.view(), k)),
+            _ => {
                 let map = min_cosine_distance(a, r);
                 let score = top_k_mean(&map, k);
                 Ok((map, score))

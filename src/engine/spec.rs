@@ -108,10 +108,10 @@ impl EngineSpec {
     pub fn engine(&self) -> Result<Engine> {
         let bundle = self.load_bundle()?;
         let params = self.params(&bundle)?;
-        let onnx = resolve_scoring(self.runtime.scoring, &bundle) == Scoring::Onnx;
+        let path = resolve_scoring(self.runtime.scoring, &bundle, &params);
         let mut engine = Engine::new(bundle, params)?;
-        if onnx {
-            engine.set_scoring(Some(self.runtime.load_scoring()?));
+        if path != ScoringPath::Rust {
+            engine.set_scoring(self.runtime.load_scoring()?, path);
         }
         Ok(engine)
     }
@@ -131,17 +131,48 @@ impl EngineSpec {
     }
 }
 
-/// The scoring path `runtime.scoring` gives for `bundle`: `rust` or `onnx`. `auto` is `onnx`
-/// when the backbone runs on CUDA or TensorRT (the tokens and the similarity matrix stay on
-/// the device's GEMM), else `rust`: on the CPU the Rust GEMM is as fast or faster at every
-/// token count measured (benches/kernels.rs, `scoring_*`; README, Performance).
-pub fn resolve_scoring(cfg: Scoring, bundle: &Bundle) -> Scoring {
+/// What computes the min-cosine maps and the ADP scores of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoringPath {
+    /// glad's Rust code (matrixmultiply GEMM) for every map and ADP score.
+    Rust,
+    /// The ONNX scoring graphs (onnx/scoring) for every map and ADP score.
+    Onnx,
+    /// `auto` on the CPU with `symmetric: true`: the ONNX graph for final-map pairs of at least
+    /// [`AUTO_CPU_MIN_TOKENS`] tokens on both sides (one GEMM gives `m1` and `m2`, Rust needs
+    /// two), glad's Rust code for everything else.
+    OnnxSymmetric,
+}
+
+impl std::fmt::Display for ScoringPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScoringPath::Rust => "rust",
+            ScoringPath::Onnx => "onnx",
+            ScoringPath::OnnxSymmetric => "onnx for symmetric maps of >= 1024 tokens, else rust",
+        })
+    }
+}
+
+/// Fewest tokens (on both sides) for which CPU `auto` scores a symmetric final-map layer in
+/// ONNX Runtime.
+pub const AUTO_CPU_MIN_TOKENS: usize = 1024;
+
+/// The rule of `runtime.scoring: auto`, from one-thread CPU measurements at 768 channels
+/// (benches/kernels.rs `scoring_768ch`, README Performance): the ONNX graph costs 0.96x,
+/// 0.44x and 0.55x the Rust time of the symmetric pair (two GEMMs) at 64, 1024 and 4096
+/// tokens, but 1.9x, 0.87x and 1.14x the Rust time of `m1` alone. So `auto` is `onnx` when the
+/// backbone runs on CUDA or TensorRT (the GEMM runs on the device), and on the CPU the graph
+/// only for symmetric layers of at least 1024 tokens; `rust` and `onnx` force one path.
+pub fn resolve_scoring(cfg: Scoring, bundle: &Bundle, params: &Params) -> ScoringPath {
     match cfg {
+        Scoring::Rust => ScoringPath::Rust,
+        Scoring::Onnx => ScoringPath::Onnx,
         Scoring::Auto => match bundle.backbone.provider() {
-            ProviderKind::Cuda | ProviderKind::Tensorrt => Scoring::Onnx,
-            ProviderKind::Cpu => Scoring::Rust,
+            ProviderKind::Cuda | ProviderKind::Tensorrt => ScoringPath::Onnx,
+            ProviderKind::Cpu if params.symmetric => ScoringPath::OnnxSymmetric,
+            ProviderKind::Cpu => ScoringPath::Rust,
         },
-        other => other,
     }
 }
 

@@ -6,6 +6,7 @@ mod library;
 mod model;
 mod providers;
 mod scoring;
+mod weights;
 
 pub use library::{
     environment, find_beside, library_path, library_version, resolve_library, LibrarySource, EXE_RELATIVE_DIRS, MIN_VERSION,
@@ -15,6 +16,7 @@ pub use providers::{
     engine_cache_dir, precision, tensorrt_options, IoBindingMode, Policy, ProviderKind, ProvidersConfig, TensorRtConfig, TrtProfile,
 };
 pub use scoring::{scoring_dir, Scoring, ScoringGraphs, ADP_SCORE, COSINE_MAPS, SCORING_EXE_DIRS};
+pub use weights::{weight_stats, weights_precision, WeightStats};
 
 use anyhow::anyhow;
 
