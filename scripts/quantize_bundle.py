@@ -57,6 +57,8 @@ def main(argv=None):
         if role in roles:
             # load with external data, so the quantizer sees the weights
             model = onnx.load(path)
+            # stale intermediate shapes (a trained UNet's) make the quantizer's shape inference fail
+            del model.graph.value_info[:]
             tmp = dst + ".fp32.onnx"
             onnx.save(model, tmp)
             quantize_dynamic(tmp, dst, weight_type=weight_type, op_types_to_quantize=ops)

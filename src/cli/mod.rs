@@ -37,7 +37,8 @@ pub struct CommonArgs {
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Where the min-cosine maps and ADP scores run: rust, onnx (the scoring graphs) or auto
-    /// (onnx on CUDA/TensorRT, else rust); overrides `runtime.scoring`.
+    /// (onnx on CUDA/TensorRT; on the CPU onnx only for symmetric layers of >= 1024 tokens);
+    /// overrides `runtime.scoring`.
     #[arg(long, value_name = "PATH", value_parser = parse_scoring)]
     pub scoring: Option<crate::runtime::Scoring>,
 }

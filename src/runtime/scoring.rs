@@ -23,7 +23,8 @@ pub enum Scoring {
     Rust,
     /// The scoring graphs, on the bundle's execution provider.
     Onnx,
-    /// `onnx` when the bundle's backbone runs on CUDA or TensorRT, else `rust`.
+    /// `onnx` when the bundle's backbone runs on CUDA or TensorRT; on the CPU, the graph only
+    /// where it is faster (engine::resolve_scoring).
     #[default]
     Auto,
 }
