@@ -1,6 +1,9 @@
 //! Micro-benchmarks of the hand-written GLAD math: the DDIM step, the min-cosine map (GEMM)
 //! at 1024 and 4096 patches of 768 channels (DINO ViT-B/8 at 256 and 512 px), and the
-//! sigma-6 Gaussian blur at 512x512.
+//! sigma-6 Gaussian blur at 512x512; and the scoring path (`runtime.scoring`): glad's Rust
+//! GEMM against the ONNX scoring graph `cosine_maps.onnx` (one ONNX Runtime thread, the CPU
+//! provider) at 64, 1024 and 4096 tokens of 768 channels (DINO ViT-B/8 at 64, 256 and 512 px).
+//! `cargo bench --bench kernels -- scoring` runs only those.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use glad_edge::glad::features::{min_cosine_distance, Tokens};
@@ -52,6 +55,23 @@ fn bench(c: &mut Criterion) {
                 .collect::<Vec<f32>>()
         })
     });
+    g.finish();
+    // The scoring path: Rust m1 (and m1 + m2, the symmetric map, two GEMMs) against the ONNX
+    // graph, which gives both from one GEMM and normalises inside.
+    let rt = glad_edge::runtime::RuntimeConfig { threads: 1, ..Default::default() };
+    let mut graphs = rt.load_scoring().expect("onnx/scoring (scripts/export_scoring_graphs.py)");
+    let mut g = c.benchmark_group("scoring_768ch");
+    g.sample_size(10);
+    for n in [64usize, 1024, 4096] {
+        let (p, q) = (tokens(n, 768, 1), tokens(n, 768, 2));
+        g.bench_with_input(BenchmarkId::new("rust_m1", n), &n, |b, _| b.iter(|| min_cosine_distance(&p, &q)));
+        g.bench_with_input(BenchmarkId::new("rust_m1_m2", n), &n, |b, _| {
+            b.iter(|| (min_cosine_distance(&p, &q), min_cosine_distance(&q, &p)))
+        });
+        g.bench_with_input(BenchmarkId::new("onnx_m1_m2", n), &n, |b, _| {
+            b.iter(|| graphs.cosine_maps(p.data.view(), q.data.view()).unwrap())
+        });
+    }
     g.finish();
     let map = randn2(512, 512, 3);
     c.bench_function("gaussian_blur_sigma6_512", |b| b.iter(|| gaussian_blur(&map, 6.0, Border::Reflect).unwrap()));

@@ -3,7 +3,7 @@
 
 Subcommands
 -----------
-full  --sd DIR --dino PTH --out onnx/NAME [--fp16] [--resolution 512]
+full  --sd DIR --dino PTH --out onnx/NAME [--fp16] [--resolution 512] [--verify-batches 1,3]
       A diffusers-format Stable Diffusion v1.x folder (vae/, unet/, text_encoder/,
       tokenizer/) and a DINO ViT checkpoint in the `dino_vitbase8_pretrain.pth` layout.
       The prompt embeddings ("a photo of sks" = cond, "" = uncond) are computed once
@@ -369,6 +369,7 @@ def export_onnx(module, role, path):
     for node in model.graph.node:
         del node.metadata_props[:]
     onnx.save(model, path)
+    drop_stale_external_data(path, external)
     # a path, not the proto, so the checker can follow external data past protobuf's 2 GB
     onnx.checker.check_model(path if external else model, full_check=True)
     got_in = [i.name for i in model.graph.input]
@@ -381,6 +382,19 @@ def export_onnx(module, role, path):
     size = os.path.getsize(path) + (os.path.getsize(path + ".data") if os.path.exists(path + ".data") else 0)
     log(f"  exported {path} ({size / 1e6:.2f} MB{', external data ' + os.path.basename(path) + '.data' if external else ''}, "
         f"{len(model.graph.node)} nodes, opset {model.opset_import[0].version}) in {time.time() - t0:.1f} s")
+
+
+def drop_stale_external_data(path, external):
+    """Removes `<path>.data` when the model at `path` keeps its weights inside the file.
+
+    torch writes external data on its own above 1536 MiB (its _LARGE_MODEL_THRESHOLD): an fp16
+    SD UNet (about 1.7 GB) comes out as unet.onnx + unet.onnx.data although it is below the 2 GB
+    limit; `export_onnx` loads it with its weights and saves one file, so the .data file beside
+    it is no longer referenced. A previous export into the same folder leaves one as well."""
+    stale = path + ".data"
+    if not external and os.path.exists(stale):
+        os.remove(stale)
+        log(f"  removed {stale}: {os.path.basename(path)} holds its weights itself")
 
 
 def torch_run(module, role, feeds):
@@ -459,6 +473,9 @@ def export_fp16(roles, out, seed):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     problems = []
+    for f in os.listdir(out):  # a fresh fp16 bundle: no files of an earlier export (external data included)
+        if f.endswith((".onnx", ".npy", ".yaml", ".data", ".bin")):
+            os.remove(os.path.join(out, f))
     for role in roles:
         path = os.path.join(out, role.file)
         log(f"[{role.name} fp16]")
@@ -800,6 +817,9 @@ def main():
             s.add_argument("--dino-heads", type=int, default=None, help="attention heads (default dim // 64)")
             s.add_argument("--resolution", type=int, default=512)
             s.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+            s.add_argument("--verify-batches", default="1,3",
+                           help="batch sizes of the torch vs ORT check, comma-separated (default 1,3; 1 alone "
+                                "saves minutes on a CPU with the full-size UNet)")
         elif name == "synthetic-sd14":
             s.add_argument("--seed", type=int, default=0, help="seed of the weights and verification inputs")
             s.add_argument("--resolution", type=int, default=512)

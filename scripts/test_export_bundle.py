@@ -34,3 +34,31 @@ def test_published_parameter_counts():
     assert count(vae) == 83_653_863  # SD v1.x VAE (kl-f8)
     assert count(dino) == 85_807_872  # ViT-B/8 with its final norm, no head
     assert eb.CLIP_TOKENS == 77 and eb.CLIP_DIM == unet.config.cross_attention_dim
+
+
+def test_full_takes_verify_batches():
+    pytest.importorskip("torch")
+    p = subprocess.run([sys.executable, os.path.join(HERE, "export_bundle.py"), "full", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "--verify-batches" in p.stdout
+
+
+def test_stale_external_data_is_removed(tmp_path):
+    pytest.importorskip("torch")
+    sys.path.insert(0, HERE)
+    import export_bundle as eb
+
+    path = str(tmp_path / "unet.onnx")
+    open(path, "wb").close()
+    open(path + ".data", "wb").close()
+    eb.drop_stale_external_data(path, external=True)  # still referenced: kept
+    assert os.path.exists(path + ".data")
+    eb.drop_stale_external_data(path, external=False)
+    assert not os.path.exists(path + ".data") and os.path.exists(path)
+
+
+def test_requirements_name_accelerate():
+    with open(os.path.join(HERE, "requirements-export.txt")) as f:
+        names = [line.split("==")[0].strip() for line in f if line.strip() and not line.startswith("#")]
+    assert "accelerate" in names

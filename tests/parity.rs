@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use glad_edge::bundle::Bundle;
-use glad_edge::engine::{Engine, NoiseSource};
+use glad_edge::engine::{Engine, NoiseSource, ScoringPath};
 use glad_edge::glad::{LatentMode, ParamOverrides};
 use glad_edge::runtime::RuntimeConfig;
 use ndarray::{Array1, Array3, Array4, ArrayD, ArrayView4, Axis, Ix1, Ix3, Ix4};
@@ -20,6 +20,13 @@ fn npy<T: ndarray_npy::ReadableElement>(p: &Path) -> ArrayD<T> {
 }
 
 fn run_case(name: &str) {
+    run_case_with(name, false);
+}
+
+/// `onnx`: the min-cosine maps and ADP scores run in the ONNX scoring graphs
+/// (onnx/scoring, scripts/export_scoring_graphs.py) instead of glad's Rust code; the
+/// reference and the tolerances are the same.
+fn run_case_with(name: &str, onnx: bool) {
     let dir = root().join("tests/golden/parity").join(name);
     let case: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("case.yaml")).unwrap()).unwrap();
     let u = |k: &str| case[k].as_u64().unwrap_or_else(|| panic!("case.yaml: {k}")) as usize;
@@ -42,12 +49,17 @@ fn run_case(name: &str) {
         backbone_resolution: Some(u("resolution")),
         object_mask: None,
         reference: None,
+        adp_every: None,
     }
     .resolve(128)
     .unwrap();
     let rt = RuntimeConfig { threads: 2, ..Default::default() };
     let bundle = Bundle::load(&root().join("onnx/tiny"), &rt).unwrap();
     let mut engine = Engine::new(bundle, params).unwrap();
+    if onnx {
+        engine.set_scoring(rt.load_scoring().unwrap(), ScoringPath::Onnx);
+    }
+    assert_eq!(engine.scoring(), if onnx { ScoringPath::Onnx } else { ScoringPath::Rust });
     let images: Array4<f32> = npy::<f32>(&dir.join("images.npy")).into_dimensionality::<Ix4>().unwrap();
     let b = images.shape()[0];
     let noise = NoiseSource::from_dir(&dir).unwrap().draw(&(0..b).collect::<Vec<_>>(), engine.latent_shape()).unwrap();
@@ -100,6 +112,21 @@ fn parity_adp_stops_at_min_step() {
 #[test]
 fn parity_visa_style() {
     run_case("visa_style");
+}
+
+#[test]
+fn parity_onnx_scoring_adp_threshold() {
+    run_case_with("adp_threshold", true);
+}
+
+#[test]
+fn parity_onnx_scoring_adp_min_step() {
+    run_case_with("adp_min_step", true);
+}
+
+#[test]
+fn parity_onnx_scoring_visa_style() {
+    run_case_with("visa_style", true);
 }
 
 fn tiny_engine(overrides: ParamOverrides) -> Engine {

@@ -22,6 +22,7 @@ pub fn run(settings: &Settings) -> Result<()> {
         runtime::library_version(),
         runtime::library_path().map(|p| p.display().to_string()).unwrap_or_default()
     );
+    // The precision is the weights' (initialisers), or TensorRT's mixed precision.
     for model in bundle.models() {
         println!(
             "model       {:<13} {} on {}, {}{}",
@@ -46,6 +47,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     );
     let params = settings.params(&bundle)?;
     println!("parameters  {}", serde_json::to_string(&params)?);
+    println!("scoring     {}", crate::engine::resolve_scoring(settings.config.runtime.scoring, &bundle, &params));
     if let Some(p) = &m.provenance {
         println!("provenance  {}", serde_json::to_string(p)?);
     }

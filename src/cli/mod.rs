@@ -36,6 +36,16 @@ pub struct CommonArgs {
     /// Intra-op threads for ONNX Runtime (0 = all cores, at most 1024); overrides `runtime.threads`.
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
+    /// Where the min-cosine maps and ADP scores run: rust, onnx (the scoring graphs) or auto
+    /// (onnx on CUDA/TensorRT; on the CPU onnx only for symmetric layers of >= 1024 tokens);
+    /// overrides `runtime.scoring`.
+    #[arg(long, value_name = "PATH", value_parser = parse_scoring)]
+    pub scoring: Option<crate::runtime::Scoring>,
+}
+
+/// `--scoring`: the rule of `runtime.scoring`.
+pub fn parse_scoring(s: &str) -> Result<crate::runtime::Scoring, String> {
+    config::check_scoring(s)
 }
 
 /// GLAD parameters settable on the command line (they win over config, preset and bundle).
@@ -53,6 +63,9 @@ pub struct ParamArgs {
     /// Latent from the VAE: `sample` (the reference) or `mean` (deterministic).
     #[arg(long, value_parser = parse_latent)]
     pub latent: Option<LatentMode>,
+    /// Score ADP at every N-th DDIM step only (1: every step, exact GLAD).
+    #[arg(long, value_name = "N")]
+    pub adp_every: Option<usize>,
     /// Seed of the noise generator; overrides `noise.seed`.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -122,6 +135,9 @@ impl Settings {
         if let Some(t) = common.threads {
             config.runtime.threads = t;
         }
+        if let Some(s) = common.scoring {
+            config.runtime.scoring = s;
+        }
         crate::imaging::set_limits(config.limits);
         let bundle_dir = common
             .bundle
@@ -168,6 +184,7 @@ impl Settings {
             denoise_step: self.params.denoise_step,
             steps: self.params.steps,
             latent: self.params.latent,
+            adp_every: self.params.adp_every,
             ..Default::default()
         }
     }

@@ -44,6 +44,11 @@ pub fn int<T: PartialOrd + fmt::Display + Copy>(key: &str, v: T, lo: T, hi: T) -
     Ok(v)
 }
 
+/// `runtime.scoring` / `--scoring`: `rust`, `onnx` or `auto`.
+pub fn check_scoring(s: &str) -> std::result::Result<crate::runtime::Scoring, String> {
+    crate::runtime::Scoring::parse(s).ok_or_else(|| format!("must be {}, got `{s}`", crate::runtime::Scoring::VALUES))
+}
+
 /// A port other than 0.
 pub fn port(key: &str, v: u16) -> Result<u16> {
     if v == 0 {

@@ -12,7 +12,7 @@ pub mod check;
 use crate::glad::{ParamOverrides, Params};
 use crate::imaging::ImageLimits;
 use crate::runtime::RuntimeConfig;
-pub use check::{check_batch, check_threads, check_threshold, check_workers, MAX_BATCH, MAX_THREADS, MAX_WORKERS};
+pub use check::{check_batch, check_scoring, check_threads, check_threshold, check_workers, MAX_BATCH, MAX_THREADS, MAX_WORKERS};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

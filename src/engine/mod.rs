@@ -12,7 +12,9 @@ use ndarray::{Array2, Array3, ArrayView4, Axis};
 
 pub use noise::NoiseSource;
 pub use onnx_models::{ModelTimes, OnnxModels};
-pub use spec::{noise_source, resolve_verdict, EngineFacts, EngineSpec, VerdictRule, VerdictSpec};
+pub use spec::{
+    noise_source, resolve_scoring, resolve_verdict, EngineFacts, EngineSpec, ScoringPath, VerdictRule, VerdictSpec, AUTO_CPU_MIN_TOKENS,
+};
 
 use crate::bundle::Bundle;
 use crate::glad::bank::FeatureBank;
@@ -53,6 +55,16 @@ pub struct Engine {
     ab: AlphaBar,
     /// The normal-patch bank, loaded when `params.reference` is `bank` or `union`.
     bank: Option<FeatureBank>,
+    /// The scoring graphs when the min-cosine maps and ADP scores run in ONNX Runtime
+    /// (`runtime.scoring`, resolved by [`resolve_scoring`]) and what they are used for;
+    /// `None`: glad's Rust code.
+    scoring: Option<(crate::runtime::ScoringGraphs, ScoringPath)>,
+}
+
+/// The bundle's models with the engine's scoring path.
+fn scored<'a>(bundle: &'a mut Bundle, scoring: &'a mut Option<(crate::runtime::ScoringGraphs, ScoringPath)>) -> OnnxModels<'a> {
+    let scoring = scoring.as_mut().map(|(g, p)| (g, *p == ScoringPath::Onnx));
+    OnnxModels::new(bundle).with_scoring(scoring)
 }
 
 /// T must lie inside the scheduler's train timesteps (checked for every parameter set run).
@@ -143,7 +155,18 @@ impl Engine {
             MapReference::Reconstruction => None,
             _ => Some(FeatureBank::load(&bank_dir(&bundle), &backbone_channels(&bundle)?)?),
         };
-        Ok(Engine { bundle, params, ab, bank })
+        Ok(Engine { bundle, params, ab, bank, scoring: None })
+    }
+
+    /// Scores with `graphs` (the ONNX scoring graphs) as `path` says; `ScoringPath::Rust`
+    /// drops them.
+    pub fn set_scoring(&mut self, graphs: crate::runtime::ScoringGraphs, path: ScoringPath) {
+        self.scoring = (path != ScoringPath::Rust).then_some((graphs, path));
+    }
+
+    /// What computes the maps and ADP scores.
+    pub fn scoring(&self) -> ScoringPath {
+        self.scoring.as_ref().map_or(ScoringPath::Rust, |(_, p)| *p)
     }
 
     /// Runs one black image through every model (the first run allocates and optimises), so
@@ -170,7 +193,7 @@ impl Engine {
         check_denoise_step(&self.bundle, &self.ab, p)?;
         let sched = self.bundle.manifest.scheduler.clone();
         let latent = self.latent_shape();
-        let mut models = OnnxModels::new(&mut self.bundle);
+        let mut models = scored(&mut self.bundle, &mut self.scoring);
         reconstruct(&mut Checked::new(&mut models, latent, x.shape()[2]), &sched, &self.ab, p, x, noise)
     }
 
@@ -183,7 +206,7 @@ impl Engine {
         bank: Option<&FeatureBank>,
     ) -> Result<Vec<AnomalyMap>> {
         let latent = self.latent_shape();
-        let mut models = OnnxModels::new(&mut self.bundle);
+        let mut models = scored(&mut self.bundle, &mut self.scoring);
         anomaly_maps(&mut Checked::new(&mut models, latent, x.shape()[2]), p, x, rec, bank)
     }
 
@@ -192,7 +215,7 @@ impl Engine {
     pub fn backbone_tokens(&mut self, x: ArrayView4<'_, f32>) -> Result<Vec<Vec<crate::glad::features::Tokens>>> {
         let s = self.params.backbone_resolution;
         let latent = self.latent_shape();
-        let mut models = OnnxModels::new(&mut self.bundle);
+        let mut models = scored(&mut self.bundle, &mut self.scoring);
         Checked::new(&mut models, latent, x.shape()[2]).map_tokens(crate::glad::bank::backbone_batch(x, s).view())
     }
 
@@ -204,7 +227,7 @@ impl Engine {
         }
         let sched = self.bundle.manifest.scheduler.clone();
         let latent = self.latent_shape();
-        let mut models = OnnxModels::new(&mut self.bundle);
+        let mut models = scored(&mut self.bundle, &mut self.scoring);
         let (out, reconstruct, anomaly_map) =
             inspect_with(&mut models, &sched, &self.ab, &self.params, latent, x, noise, self.bank.as_ref())?;
         let times = StageTimes { models: models.times.clone(), reconstruct, anomaly_map };

@@ -7,9 +7,9 @@ use anyhow::{ensure, Context, Result};
 use ndarray::{concatenate, s, Array1, Array3, Array4, ArrayView4, Axis, Ix4};
 
 use crate::bundle::{BackboneSpec, Bundle, EncoderOutput, TimestepType};
-use crate::glad::features::tokens_per_image;
+use crate::glad::features::{min_cosine_distance, tokens_per_image, top_k_mean};
 use crate::glad::{Models, Tokens};
-use crate::runtime::{Bind, Input, Model};
+use crate::runtime::{Bind, Input, Model, ScoringGraphs};
 
 /// Time spent in each model role (ONNX Runtime calls only).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -19,11 +19,13 @@ pub struct ModelTimes {
     pub decode: Duration,
     pub adp_backbone: Duration,
     pub backbone: Duration,
+    /// The scoring graphs (`runtime.scoring: onnx`); zero on the Rust path.
+    pub scoring: Duration,
 }
 
 impl ModelTimes {
     pub fn total(&self) -> Duration {
-        self.encode + self.unet + self.decode + self.adp_backbone + self.backbone
+        self.encode + self.unet + self.decode + self.adp_backbone + self.backbone + self.scoring
     }
 }
 
@@ -32,6 +34,10 @@ pub struct OnnxModels<'b> {
     pub times: ModelTimes,
     /// `[uncond; cond]` context rows, cached per batch size.
     context: Option<(usize, Array3<f32>)>,
+    /// The scoring graphs, when the engine scores inside ONNX Runtime: for every map and ADP
+    /// score (`true`), or only for symmetric final-map layers of at least
+    /// `AUTO_CPU_MIN_TOKENS` tokens on both sides (`false`, CPU `auto`).
+    scoring: Option<(&'b mut ScoringGraphs, bool)>,
 }
 
 fn to4(a: ndarray::ArrayD<f32>, what: &str) -> Result<Array4<f32>> {
@@ -92,7 +98,14 @@ fn run_backbone(model: &mut Model, spec: &BackboneSpec, images: ArrayView4<'_, f
 
 impl<'b> OnnxModels<'b> {
     pub fn new(bundle: &'b mut Bundle) -> Self {
-        OnnxModels { bundle, times: ModelTimes::default(), context: None }
+        OnnxModels { bundle, times: ModelTimes::default(), context: None, scoring: None }
+    }
+
+    /// Computes the min-cosine maps and ADP scores with `scoring` (`None`: glad's Rust code;
+    /// `Some((graphs, false))`: the graphs for large symmetric layers only).
+    pub fn with_scoring(mut self, scoring: Option<(&'b mut ScoringGraphs, bool)>) -> Self {
+        self.scoring = scoring;
+        self
     }
 
     /// Takes the cached `[uncond; cond]` rows for batch `b` out of the cache (built on first
@@ -227,5 +240,27 @@ impl Models for OnnxModels<'_> {
     fn map_tokens(&mut self, images: ArrayView4<'_, f32>) -> Result<Vec<Vec<Tokens>>> {
         let spec = self.bundle.manifest.models.backbone.clone();
         timed(&mut self.times.backbone, || run_backbone(&mut self.bundle.backbone, &spec, images, false))
+    }
+
+    fn cosine_maps(&mut self, p: &Tokens, q: &Tokens, both: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let large = both && p.data.nrows().min(q.data.nrows()) >= super::AUTO_CPU_MIN_TOKENS;
+        match self.scoring.as_mut() {
+            Some((g, all)) if *all || large => {
+                let (m1, m2) = timed(&mut self.times.scoring, || g.cosine_maps(p.data.view(), q.data.view()))?;
+                Ok((m1, both.then_some(m2)))
+            }
+            _ => Ok((min_cosine_distance(p, q), both.then(|| min_cosine_distance(q, p)))),
+        }
+    }
+
+    fn adp_score(&mut self, a: &Tokens, r: &Tokens, k: usize) -> Result<(Vec<f32>, f32)> {
+        match self.scoring.as_mut() {
+            Some((g, true)) => timed(&mut self.times.scoring, || g.adp_score(a.data.view(), r.data.view(), k)),
+            _ => {
+                let map = min_cosine_distance(a, r);
+                let score = top_k_mean(&map, k);
+                Ok((map, score))
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use super::{Engine, NoiseSource};
 use crate::bundle::{Bundle, Manifest};
 use crate::config::{check_threshold, preset, CalibratedWith, Calibration, NoiseConfig};
 use crate::glad::{ParamOverrides, Params};
-use crate::runtime::RuntimeConfig;
+use crate::runtime::{ProviderKind, RuntimeConfig, Scoring};
 
 /// The noise source of a noise config: the folder of .npy noise, else the seeded generator.
 pub fn noise_source(n: &NoiseConfig) -> Result<NoiseSource> {
@@ -104,11 +104,16 @@ impl EngineSpec {
         merged.resolve_named(bundle.manifest.models.backbone.resolution, &what)
     }
 
-    /// Loads the bundle and builds the engine.
+    /// Loads the bundle and builds the engine, with the scoring path of `runtime.scoring`.
     pub fn engine(&self) -> Result<Engine> {
         let bundle = self.load_bundle()?;
         let params = self.params(&bundle)?;
-        Engine::new(bundle, params)
+        let path = resolve_scoring(self.runtime.scoring, &bundle, &params);
+        let mut engine = Engine::new(bundle, params)?;
+        if path != ScoringPath::Rust {
+            engine.set_scoring(self.runtime.load_scoring()?, path);
+        }
+        Ok(engine)
     }
 
     pub fn noise_source(&self) -> Result<NoiseSource> {
@@ -123,6 +128,51 @@ impl EngineSpec {
     /// The verdict rule of `engine` (see the module notes for the order and the checks).
     pub fn verdict(&self, engine: &Engine) -> Result<VerdictRule> {
         resolve_verdict(&self.verdict, &EngineFacts::of(engine, &self.noise))
+    }
+}
+
+/// What computes the min-cosine maps and the ADP scores of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoringPath {
+    /// glad's Rust code (matrixmultiply GEMM) for every map and ADP score.
+    Rust,
+    /// The ONNX scoring graphs (onnx/scoring) for every map and ADP score.
+    Onnx,
+    /// `auto` on the CPU with `symmetric: true`: the ONNX graph for final-map pairs of at least
+    /// [`AUTO_CPU_MIN_TOKENS`] tokens on both sides (one GEMM gives `m1` and `m2`, Rust needs
+    /// two), glad's Rust code for everything else.
+    OnnxSymmetric,
+}
+
+impl std::fmt::Display for ScoringPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScoringPath::Rust => "rust",
+            ScoringPath::Onnx => "onnx",
+            ScoringPath::OnnxSymmetric => "onnx for symmetric maps of >= 1024 tokens, else rust",
+        })
+    }
+}
+
+/// Fewest tokens (on both sides) for which CPU `auto` scores a symmetric final-map layer in
+/// ONNX Runtime.
+pub const AUTO_CPU_MIN_TOKENS: usize = 1024;
+
+/// The rule of `runtime.scoring: auto`, from one-thread CPU measurements at 768 channels
+/// (benches/kernels.rs `scoring_768ch`, README Performance): the ONNX graph costs 0.96x,
+/// 0.44x and 0.55x the Rust time of the symmetric pair (two GEMMs) at 64, 1024 and 4096
+/// tokens, but 1.9x, 0.87x and 1.14x the Rust time of `m1` alone. So `auto` is `onnx` when the
+/// backbone runs on CUDA or TensorRT (the GEMM runs on the device), and on the CPU the graph
+/// only for symmetric layers of at least 1024 tokens; `rust` and `onnx` force one path.
+pub fn resolve_scoring(cfg: Scoring, bundle: &Bundle, params: &Params) -> ScoringPath {
+    match cfg {
+        Scoring::Rust => ScoringPath::Rust,
+        Scoring::Onnx => ScoringPath::Onnx,
+        Scoring::Auto => match bundle.backbone.provider() {
+            ProviderKind::Cuda | ProviderKind::Tensorrt => ScoringPath::Onnx,
+            ProviderKind::Cpu if params.symmetric => ScoringPath::OnnxSymmetric,
+            ProviderKind::Cpu => ScoringPath::Rust,
+        },
     }
 }
 

@@ -4,7 +4,6 @@ use anyhow::{ensure, Result};
 use ndarray::{Array2, Array3, Array4, ArrayView4, Axis};
 
 use super::bank::FeatureBank;
-use super::features::min_cosine_distance;
 use super::score::{add_layer, backbone_input, finish, AnomalyMap};
 use super::{MapReference, Models, Params};
 
@@ -47,18 +46,25 @@ pub fn anomaly_maps<M: Models>(
         for (l, (px, pr)) in tx.iter().zip(tr).enumerate() {
             // m1[i] = min_j (1 - <Px_i, Prec_j>), with j over the reference patches: the
             // reconstruction's (GLAD), the bank's, or both (the minimum of the two minima).
-            let m1 = match (p.reference, bank) {
-                (MapReference::Bank, Some(bank)) => min_cosine_distance(px, &bank.layers[l]),
+            // m2 (the symmetric term) comes out of the same similarity matrix as m1 when the
+            // reference is the reconstruction.
+            let (m1, m2) = match (p.reference, bank) {
+                (MapReference::Bank, Some(bank)) => (models.cosine_maps(px, &bank.layers[l], false)?.0, None),
                 (MapReference::Union, Some(bank)) => {
-                    let from_bank = min_cosine_distance(px, &bank.layers[l]);
-                    min_cosine_distance(px, pr).into_iter().zip(from_bank).map(|(a, b)| a.min(b)).collect()
+                    let (from_bank, _) = models.cosine_maps(px, &bank.layers[l], false)?;
+                    let (from_rec, m2) = models.cosine_maps(px, pr, p.symmetric)?;
+                    (from_rec.into_iter().zip(from_bank).map(|(a, b)| a.min(b)).collect(), m2)
                 }
-                _ => min_cosine_distance(px, pr),
+                _ => models.cosine_maps(px, pr, p.symmetric)?,
             };
             add_layer(&mut map, m1, px.grid)?;
             // 3. symmetric term m2[j] = min_i (1 - <Px_i, Prec_j>)
             if p.symmetric {
-                add_layer(&mut map, min_cosine_distance(pr, px), pr.grid)?;
+                let m2 = match m2 {
+                    Some(m2) => m2,
+                    None => models.cosine_maps(px, pr, true)?.1.expect("asked for both"),
+                };
+                add_layer(&mut map, m2, pr.grid)?;
             }
         }
         // 4. pixel term, with per-image maxima (the reference takes them over the test batch).

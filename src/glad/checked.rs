@@ -115,4 +115,27 @@ impl<M: Models> Models for Checked<'_, M> {
         }
         Ok(t)
     }
+
+    fn cosine_maps(&mut self, p: &Tokens, q: &Tokens, both: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let (m1, m2) = self.inner.cosine_maps(p, q, both)?;
+        check_len(&m1, p.data.nrows(), "m1")?;
+        if let Some(m2) = &m2 {
+            check_len(m2, q.data.nrows(), "m2")?;
+        }
+        Ok((m1, m2))
+    }
+
+    fn adp_score(&mut self, a: &Tokens, r: &Tokens, k: usize) -> Result<(Vec<f32>, f32)> {
+        let (map, score) = self.inner.adp_score(a, r, k)?;
+        check_len(&map, a.data.nrows(), "ADP map")?;
+        check_finite([score].iter(), "scoring", "ADP score")?;
+        Ok((map, score))
+    }
+}
+
+fn check_len(v: &[f32], n: usize, what: &str) -> Result<()> {
+    if v.len() != n {
+        bail!("model scoring output {what} has {} values for {n} tokens", v.len());
+    }
+    check_finite(v.iter(), "scoring", what)
 }

@@ -40,4 +40,17 @@ pub trait Models {
     fn adp_tokens(&mut self, images: ArrayView4<'_, f32>) -> Result<Vec<Tokens>>;
     /// Every layer of the final-map backbone, per image (outer) and layer (inner).
     fn map_tokens(&mut self, images: ArrayView4<'_, f32>) -> Result<Vec<Vec<Tokens>>>;
+    /// `m1[i] = min_j (1 - <p_i, q_j>)` and, with `both`, `m2[j] = min_i (1 - <p_i, q_j>)`
+    /// (the symmetric term). The equations are [`features::min_cosine_distance`]; an
+    /// implementation may compute them elsewhere (the engine's ONNX scoring graphs).
+    fn cosine_maps(&mut self, p: &Tokens, q: &Tokens, both: bool) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        Ok((features::min_cosine_distance(p, q), both.then(|| features::min_cosine_distance(q, p))))
+    }
+    /// The ADP map `min_j (1 - <a_i, r_j>)` of the `xa` tokens against the `x0` tokens and its
+    /// score, the mean of its `k` largest values ([`features::top_k_mean`]).
+    fn adp_score(&mut self, a: &Tokens, r: &Tokens, k: usize) -> Result<(Vec<f32>, f32)> {
+        let map = features::min_cosine_distance(a, r);
+        let score = features::top_k_mean(&map, k);
+        Ok((map, score))
+    }
 }

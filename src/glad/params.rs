@@ -62,6 +62,14 @@ pub struct Params {
     pub backbone_resolution: usize,
     pub object_mask: ObjectMask,
     pub reference: MapReference,
+    /// ADP scores a still-searching sample at every `adp_every`-th grid step only (and at
+    /// every step below `min_step`, where it stops). 1: every step, as GLAD does.
+    #[serde(default = "one")]
+    pub adp_every: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Params {
@@ -83,6 +91,7 @@ impl Params {
             backbone_resolution: Some(self.backbone_resolution),
             object_mask: Some(self.object_mask),
             reference: Some(self.reference),
+            adp_every: Some(self.adp_every),
         }
     }
 }
@@ -108,6 +117,7 @@ pub struct ParamOverrides {
     pub backbone_resolution: Option<usize>,
     pub object_mask: Option<ObjectMask>,
     pub reference: Option<MapReference>,
+    pub adp_every: Option<usize>,
 }
 
 /// Largest `blur_sigma` (its kernel and row padding grow with it).
@@ -116,6 +126,8 @@ pub const MAX_BLUR_SIGMA: f32 = 64.0;
 pub const MAX_STEP: usize = 100_000;
 /// Largest `top_k` / `adp_top_k`.
 pub const MAX_TOP_K: usize = 1 << 24;
+/// Largest `adp_every`.
+pub const MAX_ADP_EVERY: usize = 1000;
 /// Largest `backbone_resolution`.
 pub const MAX_RESOLUTION: usize = 8192;
 
@@ -153,6 +165,7 @@ impl ParamOverrides {
         check_int(self.adp_top_k, 1, MAX_TOP_K, "adp_top_k", what)?;
         check_float(self.blur_sigma, 0.0, MAX_BLUR_SIGMA, "blur_sigma", what)?;
         check_int(self.backbone_resolution, 1, MAX_RESOLUTION, "backbone_resolution", what)?;
+        check_int(self.adp_every, 1, MAX_ADP_EVERY, "adp_every", what)?;
         Ok(())
     }
 
@@ -181,7 +194,8 @@ impl ParamOverrides {
             blur_sigma,
             backbone_resolution,
             object_mask,
-            reference
+            reference,
+            adp_every
         )
     }
 
@@ -220,6 +234,7 @@ impl ParamOverrides {
             backbone_resolution: self.backbone_resolution.unwrap_or(default_backbone_resolution),
             object_mask: self.object_mask.unwrap_or_default(),
             reference: self.reference.unwrap_or_default(),
+            adp_every: self.adp_every.unwrap_or(1),
         };
         if p.steps > p.denoise_step {
             bail!("{}: must be in 1..=denoise_step ({}, {}), got {}", what("steps"), p.denoise_step, what("denoise_step"), p.steps);
@@ -262,6 +277,7 @@ mod tests {
             ("guidance", ParamOverrides { guidance: Some(f32::INFINITY), ..Default::default() }),
             ("v", ParamOverrides { v: Some(-1.0), ..Default::default() }),
             ("blur_sigma", ParamOverrides { blur_sigma: Some(1e12), ..Default::default() }),
+            ("adp_every", ParamOverrides { adp_every: Some(0), ..Default::default() }),
         ] {
             let e = o.resolve_named(8, &what).unwrap_err().to_string();
             assert!(e.contains(&format!("key `glad.{name}`")), "{e}");

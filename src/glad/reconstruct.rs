@@ -4,7 +4,6 @@
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, s, Array2, Array4, ArrayView4, Axis, Zip};
 
-use super::features::{min_cosine_distance, top_k_mean};
 use super::maps::resize_align_corners;
 use super::schedule::{glad_grid, mix, predict_x0, AlphaBar, SchedulerConfig};
 use super::{LatentMode, Models, Params};
@@ -79,13 +78,15 @@ pub fn reconstruct<M: Models>(
     let (lat_h, lat_w) = (z.shape()[2], z.shape()[3]);
 
     // 3. The DDIM grid.
-    for step in glad_grid(ab, sched, p.denoise_step, p.steps)? {
+    for (index, step) in glad_grid(ab, sched, p.denoise_step, p.steps)?.into_iter().enumerate() {
         let (e_u, e_c) = models.eps_pair(z.view(), step.t)?;
         let e = Zip::from(&e_u).and(&e_c).map_collect(|&u, &c| u + p.guidance * (c - u));
         let mut x0 = Zip::from(&z).and(&e).map_collect(|&z, &e| predict_x0(step.ab, z, e));
 
         let searching: Vec<usize> = (0..b).filter(|&i| adp[i].is_none()).collect();
-        if adp_on && !searching.is_empty() {
+        // `adp_every` > 1 skips the score on the other steps, but never below min_step.
+        let adp_now = index % p.adp_every.max(1) == 0 || step.t < p.min_step as i64;
+        if adp_on && adp_now && !searching.is_empty() {
             // za: the input latents re-noised to t with the same eps; xa from the guided e.
             let sel = |a: &Array4<f32>| a.select(Axis(0), &searching);
             let (z0_s, eps_s, e_s) = (sel(&z0), sel(&noise.eps), sel(&e));
@@ -99,8 +100,7 @@ pub fn reconstruct<M: Models>(
             ensure!(tokens.len() == 2 * n, "ADP backbone returned {} images for {}", tokens.len(), 2 * n);
             for (k, &i) in searching.iter().enumerate() {
                 let (pa, pr) = (&tokens[k], &tokens[n + k]);
-                let map = min_cosine_distance(pa, pr);
-                let score = top_k_mean(&map, p.adp_top_k);
+                let (map, score) = models.adp_score(pa, pr, p.adp_top_k)?;
                 adp_trace[i].push((step.t, score));
                 let on_threshold = score > p.tau;
                 if !(on_threshold || step.t < p.min_step as i64) {

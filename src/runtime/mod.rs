@@ -5,6 +5,8 @@
 mod library;
 mod model;
 mod providers;
+mod scoring;
+mod weights;
 
 pub use library::{
     environment, find_beside, library_path, library_version, resolve_library, LibrarySource, EXE_RELATIVE_DIRS, MIN_VERSION,
@@ -13,6 +15,8 @@ pub use model::{Bind, BindingStats, Input, Model, TensorSpec};
 pub use providers::{
     engine_cache_dir, precision, tensorrt_options, IoBindingMode, Policy, ProviderKind, ProvidersConfig, TensorRtConfig, TrtProfile,
 };
+pub use scoring::{scoring_dir, Scoring, ScoringGraphs, ADP_SCORE, COSINE_MAPS, SCORING_EXE_DIRS};
+pub use weights::{weight_stats, weights_precision, WeightStats};
 
 use anyhow::anyhow;
 
@@ -32,6 +36,8 @@ pub struct RuntimeConfig {
     pub threads: usize,
     /// Execution provider and its fallback policy.
     pub execution: ProvidersConfig,
+    /// Where the min-cosine maps and the ADP score run: rust | onnx | auto (see [`Scoring`]).
+    pub scoring: Scoring,
 }
 
 impl RuntimeConfig {
@@ -45,6 +51,11 @@ impl RuntimeConfig {
 
     pub fn load_model(&self, role: &str, path: &std::path::Path) -> anyhow::Result<Model> {
         Model::load(role, path, &self.execution, self.library.as_deref(), self.threads())
+    }
+
+    /// The scoring graphs (`runtime.scoring`), on this config's execution provider.
+    pub fn load_scoring(&self) -> anyhow::Result<ScoringGraphs> {
+        ScoringGraphs::load(&scoring_dir()?, &self.execution, self.library.as_deref(), self.threads())
     }
 
     /// As [`RuntimeConfig::load_model`], with the model's TensorRT optimisation profile.

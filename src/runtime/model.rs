@@ -160,8 +160,15 @@ impl Model {
         };
         let inputs: Vec<TensorSpec> = session.inputs().iter().map(spec).collect();
         let outputs = session.outputs().iter().map(spec).collect();
+        // The weights' precision (fp32, fp16, int8, ...) from the initialisers; the input
+        // type only for a model without weights.
         let dtype = inputs.iter().map(|t| t.dtype).find(|d| d.starts_with("float")).unwrap_or("float32");
-        let precision = providers::precision(provider, providers_cfg, dtype);
+        let fallback = match dtype {
+            "float16" => "fp16",
+            "float64" => "fp64",
+            _ => "fp32",
+        };
+        let precision = providers::precision(provider, providers_cfg, &super::weights_precision(path, fallback));
         let io_binding = providers_cfg.io_binding.enabled(provider);
         tracing::info!(role, path = %path.display(), %provider, %precision, io_binding, "model loaded");
         Ok(Model {
@@ -178,7 +185,8 @@ impl Model {
         })
     }
 
-    /// `float32`, `float16`, or `fp16 (TensorRT ...)`: what `glad info` reports.
+    /// The weights' precision (`fp32`, `fp16`, `int8`, ...; see `runtime::weights_precision`),
+    /// or `fp16 (TensorRT ...)`: what `glad info` reports.
     pub fn precision(&self) -> &str {
         &self.precision
     }
