@@ -117,6 +117,8 @@ fn record(camera: &str, seq: u64, score: Option<f32>) -> FrameRecord {
         bundle_hash: "abc".into(),
         glad_version: "0".into(),
         run_id: String::new(),
+        overlay_version: None,
+        drift: Vec::new(),
     }
 }
 
