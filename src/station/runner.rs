@@ -434,7 +434,7 @@ fn worker_thread(
             continue;
         }
         // Cameras scored against different banks (feedback overlays) run as separate batches.
-        let mut subs: Vec<((u64, Option<Arc<FeatureBank>>), Vec<Prepared>)> = Vec::new();
+        let mut subs: Vec<(Bank, Vec<Prepared>)> = Vec::new();
         for p in batch {
             let bank = p.cam.slot.get();
             match subs.iter_mut().find(|(b, _)| same_bank(&b.1, &bank.1)) {
@@ -449,6 +449,9 @@ fn worker_thread(
     }
     state.heartbeats.unregister(&component);
 }
+
+/// An overlay version and the bank with that overlay (`None`: the engine's own).
+type Bank = (u64, Option<Arc<FeatureBank>>);
 
 fn same_bank(a: &Option<Arc<FeatureBank>>, b: &Option<Arc<FeatureBank>>) -> bool {
     match (a, b) {

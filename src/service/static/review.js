@@ -51,12 +51,20 @@ function driftText(d) {
   return ["no drift", "ok"];
 }
 
+function picture(cls, alt, src) {
+  const img = h("img", { class: cls, alt });
+  img.addEventListener("load", () => { if (img.naturalWidth > 0) img.dataset.loaded = "1"; });
+  img.addEventListener("error", () => { img.dataset.loaded = "0"; });
+  img.src = src;
+  return img;
+}
+
 function frameCard(item) {
   const rec = item.record;
   const t = new Date(rec.t_capture_ms);
   const pics = h("div", { class: "pics" },
-    h("div", { class: "pic" }, h("img", { class: "frame", alt: "input", src: item.input }), h("span", { class: "tag" }, "input")),
-    h("div", { class: "pic" }, item.heatmap ? h("img", { class: "heatmap", alt: "heatmap", src: item.heatmap }) : h("span", { class: "none" }, "no heatmap"), h("span", { class: "tag" }, "heatmap")));
+    h("div", { class: "pic" }, picture("frame", "input", item.input), h("span", { class: "tag" }, "input")),
+    h("div", { class: "pic" }, item.heatmap ? picture("heatmap", "heatmap", item.heatmap) : h("span", { class: "none" }, "no heatmap"), h("span", { class: "tag" }, "heatmap")));
   const good = h("button", { class: "btn btn-ok", type: "button" }, "good");
   const defect = h("button", { class: "btn btn-ng", type: "button" }, "defect");
   good.addEventListener("click", () => feedback(rec, "good"));
