@@ -298,6 +298,50 @@ pub fn heat_range(map: &Array2<f32>, threshold: Option<f32>) -> (f32, f32) {
     }
 }
 
+/// Cheap statistics of a frame for drift monitoring, on its luma (0-255).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct FrameStats {
+    /// Mean luma.
+    pub brightness: f64,
+    /// Standard deviation of the luma.
+    pub contrast: f64,
+    /// Variance of the 4-neighbour Laplacian of the luma (falls when the image blurs).
+    pub sharpness: f64,
+}
+
+/// Samples at most about 65,536 points on a regular grid (the Laplacian's neighbours are the
+/// adjacent pixels, so the measure keeps the full resolution's sharpness).
+pub fn frame_stats(img: &RgbImage) -> FrameStats {
+    let (w, h) = img.dimensions();
+    if w < 3 || h < 3 {
+        return FrameStats::default();
+    }
+    let luma = |x: u32, y: u32| {
+        let p = img.get_pixel(x, y).0;
+        0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2])
+    };
+    let stride = (((u64::from(w) * u64::from(h)) as f64 / 65536.0).sqrt().ceil() as u32).max(1);
+    let (mut n, mut sum, mut sq, mut lsum, mut lsq) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut y = 1;
+    while y + 1 < h {
+        let mut x = 1;
+        while x + 1 < w {
+            let c = luma(x, y);
+            let lap = 4.0 * c - luma(x - 1, y) - luma(x + 1, y) - luma(x, y - 1) - luma(x, y + 1);
+            n += 1.0;
+            sum += c;
+            sq += c * c;
+            lsum += lap;
+            lsq += lap * lap;
+            x += stride;
+        }
+        y += stride;
+    }
+    let mean = sum / n;
+    let lmean = lsum / n;
+    FrameStats { brightness: mean, contrast: (sq / n - mean * mean).max(0.0).sqrt(), sharpness: (lsq / n - lmean * lmean).max(0.0) }
+}
+
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut buf = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)

@@ -63,6 +63,14 @@ pub struct FrameRecord {
     /// restart, so a record is identified by `camera` + `run_id` + `seq`.
     #[serde(default)]
     pub run_id: String,
+    /// The feedback overlay version of the camera's feature bank that scored this frame (0:
+    /// no overlay yet); absent for a camera whose map reference uses no bank.
+    #[serde(default)]
+    pub overlay_version: Option<u64>,
+    /// The drift alarms of the camera in force when this record was written (`brightness`,
+    /// `contrast`, `sharpness`, `score`); empty while none fires. Never changes a verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
 
 /// A run id: the start time (milliseconds since the epoch) and the process id, in hex.
@@ -83,6 +91,8 @@ pub struct Origin {
     pub threshold: Option<f32>,
     pub bundle_hash: String,
     pub run_id: String,
+    /// The feedback overlay version in force (`None`: the camera uses no bank).
+    pub overlay_version: Option<u64>,
 }
 
 fn ms_since_epoch(t: SystemTime) -> f64 {
@@ -116,6 +126,8 @@ impl FrameRecord {
             bundle_hash: o.bundle_hash,
             glad_version: GLAD_VERSION.to_string(),
             run_id: o.run_id,
+            overlay_version: o.overlay_version,
+            drift: Vec::new(),
         }
     }
 

@@ -117,6 +117,8 @@ fn record(camera: &str, seq: u64, score: Option<f32>) -> FrameRecord {
         bundle_hash: "abc".into(),
         glad_version: "0".into(),
         run_id: String::new(),
+        overlay_version: None,
+        drift: Vec::new(),
     }
 }
 
@@ -711,6 +713,70 @@ fn live_page_renders_in_chromium() {
     assert_eq!((png.width(), png.height()), (1280, 900));
     if std::env::var_os("GLAD_UPDATE_SCREENSHOT").is_some() {
         let dst = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img/live_view.png");
+        std::fs::copy(&shot, &dst).unwrap();
+        eprintln!("screenshot: {}", dst.display());
+    }
+    server.shutdown(Duration::from_secs(2));
+    drop(fake);
+}
+
+/// The NG review page: the latest NG frames with input, heatmap, score and feedback buttons,
+/// and the drift state, rendered by headless Chromium.
+#[test]
+fn review_page_renders_in_chromium() {
+    let Some(bin) = chromium() else {
+        assert!(std::env::var_os("CI").is_none(), "chromium is not installed (.ci/run installs it)");
+        eprintln!("skipped: no chromium");
+        return;
+    };
+    let _turn = heavy();
+    let fake =
+        FakeStation::start(FakeOptions { threshold: 0.5, period: Duration::from_millis(100), error_every: Some(2), ..Default::default() });
+    let state = service::StationLifecycle::state(&fake);
+    let server = HttpServer::start(state.clone(), loopback(Some(TOKEN)), Duration::from_secs(5)).unwrap();
+    let url = format!("http://{}/review", server.addr());
+    for n in 1..=3 {
+        state.triggers.fire(TRIGGERED).unwrap();
+        let t0 = Instant::now();
+        while state.recent(Some(TRIGGERED), None, 10).len() < n {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let ng = state.recent_ng(TRIGGERED);
+    assert!(!ng.is_empty(), "the triggered camera's stain frame is NG");
+    let mut drift = glad_edge::telemetry::drift::DriftStatus { armed: true, alarms: vec!["brightness".into()], ..Default::default() };
+    state.set_drift(TRIGGERED, drift.clone());
+    drift.alarms.clear();
+    state.set_drift(CONTINUOUS, drift);
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, dom, err) = run_chromium(&bin, &dir.path().join("p1"), &["--virtual-time-budget=5000", "--dump-dom"], &url);
+    assert!(ok, "chromium: {err}");
+    let section = |name: &str| -> String {
+        let at = dom.find(&format!("data-camera=\"{name}\"")).unwrap_or_else(|| panic!("no section for {name}:\n{dom}"));
+        dom[at..].split("</section>").next().unwrap().to_string()
+    };
+    let side = section(TRIGGERED);
+    assert!(side.contains("DRIFT: brightness"), "{side}");
+    assert!(side.contains("class=\"ng-item\""), "{side}");
+    for cls in ["frame", "heatmap"] {
+        let img = side.split("<img").find(|t| t.contains(&format!("class=\"{cls}\""))).unwrap_or_else(|| panic!("no {cls}: {side}"));
+        let img = img.split('>').next().unwrap();
+        assert!(img.contains("data-loaded=\"1\"") && img.contains(&format!("/review/{TRIGGERED}/")), "{cls} did not load: {img}");
+    }
+    assert!(side.contains(">good</button>") && side.contains(">defect</button>"), "{side}");
+    assert!(side.contains("score ") && side.contains("threshold 0.500"), "{side}");
+    assert!(section(CONTINUOUS).contains("no drift"));
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("review.png");
+    let _ = std::fs::remove_file(&shot);
+    let arg = format!("--screenshot={}", shot.display());
+    let (ok, _, err) = run_chromium(&bin, &dir.path().join("p2"), &["--virtual-time-budget=5000", "--window-size=1280,900", &arg], &url);
+    assert!(ok, "chromium: {err}");
+    let png = image::open(&shot).unwrap();
+    assert_eq!((png.width(), png.height()), (1280, 900));
+    if std::env::var_os("GLAD_UPDATE_SCREENSHOT").is_some() {
+        let dst = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img/review.png");
         std::fs::copy(&shot, &dst).unwrap();
         eprintln!("screenshot: {}", dst.display());
     }

@@ -219,8 +219,24 @@ impl Engine {
         Checked::new(&mut models, latent, x.shape()[2]).map_tokens(crate::glad::bank::backbone_batch(x, s).view())
     }
 
+    /// The bundle's feature bank (loaded when the map reference is `bank` or `union`).
+    pub fn bank(&self) -> Option<&FeatureBank> {
+        self.bank.as_ref()
+    }
+
     /// Inspects a batch `[B, 3, R, R]` in [-1, 1] with the given noise.
     pub fn inspect(&mut self, x: ArrayView4<'_, f32>, noise: &Noise) -> Result<(Vec<Inspection>, StageTimes)> {
+        self.inspect_with_bank(x, noise, None)
+    }
+
+    /// `inspect` against another feature bank (the bundle's bank with a feedback overlay);
+    /// `None` uses the bundle's own.
+    pub fn inspect_with_bank(
+        &mut self,
+        x: ArrayView4<'_, f32>,
+        noise: &Noise,
+        bank: Option<&FeatureBank>,
+    ) -> Result<(Vec<Inspection>, StageTimes)> {
         let r = self.resolution();
         if x.shape()[1..] != [3, r, r] {
             bail!("input batch has shape {:?}, expected [B,3,{r},{r}]", x.shape());
@@ -229,7 +245,7 @@ impl Engine {
         let latent = self.latent_shape();
         let mut models = scored(&mut self.bundle, &mut self.scoring);
         let (out, reconstruct, anomaly_map) =
-            inspect_with(&mut models, &sched, &self.ab, &self.params, latent, x, noise, self.bank.as_ref())?;
+            inspect_with(&mut models, &sched, &self.ab, &self.params, latent, x, noise, bank.or(self.bank.as_ref()))?;
         let times = StageTimes { models: models.times.clone(), reconstruct, anomaly_map };
         Ok((out, times))
     }

@@ -374,6 +374,12 @@ fn router(app: Arc<App>) -> Router {
         .route("/latest/{camera}", get(latest_frame))
         .route("/latest/{camera}/heatmap.png", get(latest_heatmap))
         .route("/api/trigger/{camera}", post(trigger))
+        .route("/api/feedback", post(feedback_post).get(feedback_list))
+        .route("/api/feedback/{version}", axum::routing::delete(feedback_delete))
+        .route("/review", get(page_review))
+        .route("/static/review.js", get(page_review_js))
+        .route("/api/review", get(review))
+        .route("/review/{camera}/{id}", get(review_picture))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(app)
 }
@@ -385,6 +391,8 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 const INDEX_HTML: &str = include_str!("static/index.html");
 const APP_JS: &str = include_str!("static/app.js");
 const APP_CSS: &str = include_str!("static/app.css");
+const REVIEW_HTML: &str = include_str!("static/review.html");
+const REVIEW_JS: &str = include_str!("static/review.js");
 const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; \
                    frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
@@ -411,6 +419,70 @@ async fn page_js() -> Response {
 
 async fn page_css() -> Response {
     static_file("text/css; charset=utf-8", APP_CSS)
+}
+
+async fn page_review() -> Response {
+    static_file("text/html; charset=utf-8", REVIEW_HTML)
+}
+
+async fn page_review_js() -> Response {
+    static_file("text/javascript; charset=utf-8", REVIEW_JS)
+}
+
+/// The review page's data: per camera, the latest NG frames and the drift state.
+async fn review(State(app): Shared) -> Response {
+    let st = &app.state;
+    let cams: Vec<_> = st
+        .cameras
+        .values()
+        .map(|c| {
+            let ng: Vec<_> = st
+                .recent_ng(&c.name)
+                .iter()
+                .map(|r| {
+                    let rec = r.record.as_ref();
+                    let id = format!("{}_{}", rec.run_id, rec.seq);
+                    json!({
+                        "record": rec,
+                        "input": format!("/review/{}/{id}_input.jpg", c.name),
+                        "heatmap": r.heatmap.as_ref().map(|_| format!("/review/{}/{id}_heatmap.png", c.name)),
+                    })
+                })
+                .collect();
+            json!({ "name": c.name, "drift": st.drift(&c.name), "ng": ng })
+        })
+        .collect();
+    ([(header::CACHE_CONTROL, "no-store")], Json(json!({ "triggers_enabled": app.settings.triggers_enabled(), "cameras": cams })))
+        .into_response()
+}
+
+/// `/review/<camera>/<run_id>_<seq>_{input.jpg,heatmap.png}`: an NG frame the review ring holds.
+async fn review_picture(State(app): Shared, UrlPath((camera, file)): UrlPath<(String, String)>) -> Response {
+    let parsed = file
+        .strip_suffix("_input.jpg")
+        .map(|s| (s, Picture::Frame))
+        .or_else(|| file.strip_suffix("_heatmap.png").map(|s| (s, Picture::Heatmap)))
+        .and_then(|(s, which)| {
+            let (run, seq) = s.rsplit_once('_')?;
+            Some((run.to_string(), seq.parse::<u64>().ok()?, which))
+        });
+    let Some((run_id, seq, which)) = parsed else {
+        return error(StatusCode::NOT_FOUND, "expected /review/<camera>/<run_id>_<seq>_input.jpg or _heatmap.png");
+    };
+    if !app.state.cameras.contains_key(&camera) {
+        return error(StatusCode::NOT_FOUND, "unknown camera");
+    }
+    let Some(r) = app.state.ng_frame(&camera, &run_id, seq) else {
+        return error(StatusCode::NOT_FOUND, format!("no NG frame {seq} of run `{run_id}` of `{camera}` is kept"));
+    };
+    let pic = match which {
+        Picture::Frame => r.input.clone(),
+        Picture::Heatmap => r.heatmap.clone(),
+    };
+    match pic {
+        Some(img) => encode_picture(seq, img, which).await,
+        None => error(StatusCode::NOT_FOUND, "no picture of this kind"),
+    }
 }
 
 async fn healthz() -> Response {
@@ -468,6 +540,7 @@ async fn cameras(State(app): Shared) -> Response {
                 "has_frame": latest.as_ref().is_some_and(|l| l.input.is_some()),
                 "has_heatmap": latest.as_ref().is_some_and(|l| l.heatmap.is_some()),
                 "latest": latest.as_ref().map(|l| l.record.as_ref()),
+                "drift": st.drift(&c.name),
             })
         })
         .collect();
@@ -564,6 +637,10 @@ async fn encoded(app: Arc<App>, camera: String, which: Picture) -> Response {
         Ok(p) => p,
         Err(msg) => return error(StatusCode::NOT_FOUND, msg),
     };
+    encode_picture(seq, img, which).await
+}
+
+async fn encode_picture(seq: u64, img: Arc<RgbImage>, which: Picture) -> Response {
     let encoded = tokio::task::spawn_blocking(move || -> image::ImageResult<Vec<u8>> {
         let mut buf = Vec::new();
         match which {
@@ -602,9 +679,10 @@ async fn latest_heatmap(State(app): Shared, UrlPath(camera): UrlPath<String>) ->
     encoded(app, camera, Picture::Heatmap).await
 }
 
-async fn trigger(State(app): Shared, UrlPath(camera): UrlPath<String>, headers: HeaderMap) -> Response {
+/// The bearer-token check of every write (`None`: allowed).
+fn authorize(app: &App, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &app.settings.token_digest else {
-        return error(StatusCode::FORBIDDEN, "triggers over HTTP are off: no `http.trigger_token` or `http.token_file` configured");
+        return Some(error(StatusCode::FORBIDDEN, "writes over HTTP are off: no `http.trigger_token` or `http.token_file` configured"));
     };
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let (scheme, token) = v.split_once(' ')?;
@@ -613,12 +691,89 @@ async fn trigger(State(app): Shared, UrlPath(camera): UrlPath<String>, headers: 
     let Some(given) = given else {
         let mut r = error(StatusCode::UNAUTHORIZED, "`Authorization: Bearer <token>` required");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"glad\""));
-        return r;
+        return Some(r);
     };
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     if !digest_eq(&digest, expected) {
-        tracing::warn!("trigger refused: wrong token");
-        return error(StatusCode::FORBIDDEN, "wrong token");
+        tracing::warn!("HTTP write refused: wrong token");
+        return Some(error(StatusCode::FORBIDDEN, "wrong token"));
+    }
+    None
+}
+
+/// The body of `POST /api/feedback`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    camera: String,
+    run_id: String,
+    seq: u64,
+    /// `good` or `defect`.
+    feedback: String,
+    /// The defect's folder name (`defect` when absent).
+    #[serde(default)]
+    label: Option<String>,
+}
+
+/// How long an HTTP request waits for the station to apply feedback.
+pub const FEEDBACK_TIMEOUT: Duration = Duration::from_secs(150);
+
+async fn ask_station(app: Arc<App>, action: crate::telemetry::feedback::Action) -> Response {
+    let answer = tokio::task::spawn_blocking(move || app.state.feedback.submit(action, FEEDBACK_TIMEOUT)).await;
+    match answer {
+        Ok(Ok(v)) => (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
+        Ok(Err(r)) => error(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), r.message),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("feedback task failed: {e}")),
+    }
+}
+
+/// Parses a feedback body into the station's action; errors name the field.
+fn parse_feedback(body: &[u8]) -> std::result::Result<crate::telemetry::feedback::Action, String> {
+    use crate::telemetry::feedback::{Action, FrameId, Label};
+    let b: FeedbackBody =
+        serde_json::from_slice(body).map_err(|e| format!("body: expected JSON {{camera, run_id, seq, feedback, label?}}: {e}"))?;
+    let label = match (b.feedback.as_str(), b.label) {
+        ("good", None) => Label::Good,
+        ("good", Some(_)) => return Err("field `label`: only for `feedback: defect`".into()),
+        ("defect", l) => {
+            let l = l.unwrap_or_else(|| "defect".into());
+            crate::station::feedback::check_label(&l)?;
+            Label::Defect(l)
+        }
+        (other, _) => return Err(format!("field `feedback`: expected `good` or `defect`, got `{other}`")),
+    };
+    Ok(Action::Teach { frame: FrameId { camera: b.camera, run_id: b.run_id, seq: b.seq }, label })
+}
+
+async fn feedback_post(State(app): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refused) = authorize(&app, &headers) {
+        return refused;
+    }
+    match parse_feedback(&body) {
+        Ok(action) => ask_station(app, action).await,
+        Err(msg) => error(StatusCode::BAD_REQUEST, msg),
+    }
+}
+
+async fn feedback_list(State(app): Shared) -> Response {
+    ask_station(app, crate::telemetry::feedback::Action::List).await
+}
+
+async fn feedback_delete(State(app): Shared, UrlPath(version): UrlPath<String>, headers: HeaderMap) -> Response {
+    if let Some(refused) = authorize(&app, &headers) {
+        return refused;
+    }
+    match version.parse::<u64>() {
+        Ok(version) => ask_station(app, crate::telemetry::feedback::Action::Undo { version }).await,
+        Err(_) => {
+            error(StatusCode::BAD_REQUEST, format!("path `/api/feedback/<version>`: expected an overlay version number, got `{version}`"))
+        }
+    }
+}
+
+async fn trigger(State(app): Shared, UrlPath(camera): UrlPath<String>, headers: HeaderMap) -> Response {
+    if let Some(refused) = authorize(&app, &headers) {
+        return refused;
     }
     let Some(cam) = app.state.cameras.get(&camera) else {
         return error(StatusCode::NOT_FOUND, format!("unknown camera `{camera}`"));

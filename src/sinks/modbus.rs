@@ -13,7 +13,8 @@
 //! | 5 | threshold x 1000, rounded, clamped to 0..=65535 (0 when absent) |
 //! | 6 | results of this camera (wrapping counter; changes with every record) |
 //! | 7 | frames dropped before the last record (clamped to 65535) |
-//! | 8..15 | reserved, read 0 |
+//! | 8 | drift alarms, one bit each: 0 brightness, 1 contrast, 2 sharpness, 3 score (0: none) |
+//! | 9..15 | reserved, read 0 |
 //!
 //! Coil `i` is the camera's trigger: the PLC writes 1, glad fires `Triggers::fire(camera)`
 //! and clears the coil when the camera's next record arrives. Writing 1 to a coil that is
@@ -47,6 +48,21 @@ pub const REG_SCORE: usize = 4;
 pub const REG_THRESHOLD: usize = 5;
 pub const REG_COUNT: usize = 6;
 pub const REG_DROPPED: usize = 7;
+/// Drift alarms of the camera, one bit each: 0 brightness, 1 contrast, 2 sharpness, 3 score.
+pub const REG_DRIFT: usize = 8;
+
+/// The bits of `REG_DRIFT` for a record's drift alarms.
+pub fn drift_bits(alarms: &[String]) -> u16 {
+    alarms.iter().fold(0, |b, a| {
+        b | match a.as_str() {
+            "brightness" => 1,
+            "contrast" => 2,
+            "sharpness" => 4,
+            "score" => 8,
+            _ => 0,
+        }
+    })
+}
 
 pub const VERDICT_NONE: u16 = 0;
 pub const VERDICT_OK: u16 = 1;
@@ -90,6 +106,7 @@ impl Map {
         b[REG_THRESHOLD] = milli(rec.threshold);
         b[REG_COUNT] = b[REG_COUNT].wrapping_add(1);
         b[REG_DROPPED] = rec.dropped.min(u64::from(u16::MAX)) as u16;
+        b[REG_DRIFT] = drift_bits(&rec.drift);
         self.coils[i] = false;
         true
     }

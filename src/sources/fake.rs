@@ -32,14 +32,23 @@ pub enum Fault {
     Corrupt { at: u64 },
     /// One frame of another size.
     Resize { at: u64, width: u32, height: u32 },
+    /// From this frame on, every frame is brighter by `delta` gray levels (negative: darker;
+    /// clamped to 0..=255): a lamp ages, a shutter setting changes.
+    Brightness { at: u64, delta: i32 },
+    /// From this frame on, every frame is blurred (Gaussian, `sigma` pixels): the lens lost focus.
+    Blur { at: u64, sigma: f32 },
 }
 
 impl Fault {
     fn at(&self) -> u64 {
         match self {
-            Fault::Unplug { at, .. } | Fault::Eio { at } | Fault::Stall { at, .. } | Fault::Corrupt { at } | Fault::Resize { at, .. } => {
-                *at
-            }
+            Fault::Unplug { at, .. }
+            | Fault::Eio { at }
+            | Fault::Stall { at, .. }
+            | Fault::Corrupt { at }
+            | Fault::Resize { at, .. }
+            | Fault::Brightness { at, .. }
+            | Fault::Blur { at, .. } => *at,
         }
     }
 }
@@ -163,6 +172,22 @@ impl CaptureDevice for FakeDevice {
             Some(Fault::Corrupt { .. }) => bytes.truncate(bytes.len() / 2),
             Some(Fault::Resize { width, height, .. }) => {
                 bytes = encode(&self.images[k], Mode { width, height, ..mode });
+            }
+            Some(Fault::Brightness { delta, .. }) => {
+                for img in &mut self.images {
+                    for v in img.iter_mut() {
+                        *v = (i32::from(*v) + delta).clamp(0, 255) as u8;
+                    }
+                }
+                self.frames = self.images.iter().map(|i| encode(i, mode)).collect();
+                bytes = self.frames[k].clone();
+            }
+            Some(Fault::Blur { sigma, .. }) => {
+                for img in &mut self.images {
+                    *img = image::imageops::blur(img, sigma);
+                }
+                self.frames = self.images.iter().map(|i| encode(i, mode)).collect();
+                bytes = self.frames[k].clone();
             }
             None => {}
         }

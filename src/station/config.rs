@@ -33,6 +33,12 @@ pub struct StationConfig {
     /// Extra outputs; the factory-integration sinks (`mqtt`, `modbus`, `webhook`) go here.
     #[serde(default)]
     pub sinks: SinksConfig,
+    /// The operator's feedback: where the overlays and the labelled frames go.
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
+    /// The drift alarm (README "Drift alarm").
+    #[serde(default)]
+    pub drift: crate::telemetry::drift::DriftConfig,
     /// `glad serve`'s HTTP face (bind address, trigger token): owned, parsed and checked by
     /// the service layer (`service::ServeSections`); kept here as YAML.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +82,39 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     pub fn backoff(&self) -> Backoff {
         Backoff { initial: ms(self.backoff_initial_ms), max: ms(self.backoff_max_ms) }
+    }
+}
+
+/// The `feedback:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// The station's state folder: the feature-bank overlays (default `<results.dir>/state`).
+    pub state_dir: Option<PathBuf>,
+    /// Where labelled frames go, in the MVTec layout `<dataset>/<camera>/{train/good,test/<label>}/`
+    /// (default `<state_dir>/dataset`).
+    pub dataset: Option<PathBuf>,
+    /// Most overlay patches per camera (per backbone layer); the oldest feedback goes first.
+    pub max_patches: usize,
+    /// Results with pictures kept per camera so feedback can name them.
+    pub frames: usize,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig { state_dir: None, dataset: None, max_patches: 16384, frames: 32 }
+    }
+}
+
+impl StationConfig {
+    /// The state folder (overlays).
+    pub fn state_dir(&self) -> PathBuf {
+        self.feedback.state_dir.clone().unwrap_or_else(|| self.results.dir.join("state"))
+    }
+
+    /// The labelled-frames folder.
+    pub fn dataset_dir(&self) -> PathBuf {
+        self.feedback.dataset.clone().unwrap_or_else(|| self.state_dir().join("dataset"))
     }
 }
 
@@ -433,6 +472,15 @@ impl StationConfig {
         ck.int("results.quota_bytes", r.quota_bytes, 1, u64::MAX)?;
         // Checked against the file system's size when the store opens; this bounds typos.
         ck.int("results.min_free_bytes", r.min_free_bytes, 0, 1 << 50)?;
+        ck.int("feedback.max_patches", self.feedback.max_patches as u64, 1, 10_000_000)?;
+        ck.int("feedback.frames", self.feedback.frames as u64, 1, 10_000)?;
+        let d = &self.drift;
+        ck.int("drift.reference_frames", d.reference_frames as u64, 1, 100_000)?;
+        ck.int("drift.window", d.window as u64, 1, 100_000)?;
+        ck.num("drift.sigmas", d.sigmas, 0.0, 1000.0)?;
+        ck.num("drift.brightness_levels", d.brightness_levels, 0.0, 255.0)?;
+        ck.num("drift.contrast_ratio", d.contrast_ratio, 0.0, 100.0)?;
+        ck.num("drift.sharpness_drop", d.sharpness_drop, 0.0, 1.0)?;
         if self.cameras.is_empty() {
             return Err(ck.fail("cameras", "at least one camera"));
         }
@@ -464,9 +512,18 @@ impl StationConfig {
                         return Err(ck.fail(&k("source.fake.width"), "YUYV needs an even width"));
                     }
                     for (j, f) in faults.iter().enumerate() {
-                        if let Fault::Resize { width, height, .. } = f {
-                            ck.int(&k(&format!("source.fake.faults[{j}].width")), *width as u64, 2, 16384)?;
-                            ck.int(&k(&format!("source.fake.faults[{j}].height")), *height as u64, 1, 16384)?;
+                        match f {
+                            Fault::Resize { width, height, .. } => {
+                                ck.int(&k(&format!("source.fake.faults[{j}].width")), *width as u64, 2, 16384)?;
+                                ck.int(&k(&format!("source.fake.faults[{j}].height")), *height as u64, 1, 16384)?;
+                            }
+                            Fault::Brightness { delta, .. } => {
+                                ck.num(&k(&format!("source.fake.faults[{j}].delta")), f64::from(*delta), -255.0, 255.0)?
+                            }
+                            Fault::Blur { sigma, .. } => {
+                                ck.num(&k(&format!("source.fake.faults[{j}].sigma")), f64::from(*sigma), 0.1, 100.0)?
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -2,6 +2,7 @@
 //! It reports through `telemetry` (re-exported here for the wiring layers).
 
 pub mod config;
+pub mod feedback;
 pub mod runner;
 
 pub use crate::telemetry::{metrics, state, trigger};

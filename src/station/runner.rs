@@ -15,9 +15,12 @@ use image::RgbImage;
 use ndarray::{Array3, Array4, Axis};
 
 use super::config::{ms, CameraConfig, Policy, Roi, SourceConfig, StationConfig};
+use super::feedback::{frame_patches, BankSlot, CameraFeedback, FeedbackLoop, Overlays, TokenJob};
 use crate::config::Calibration;
 use crate::engine::{resolve_verdict, Engine, EngineFacts, NoiseSource, VerdictRule, VerdictSpec};
 use crate::files;
+use crate::glad::bank::FeatureBank;
+use crate::glad::MapReference;
 use crate::imaging;
 use crate::pipeline::ImageTimes;
 use crate::record::{FrameRecord, FrameResult, Origin, Stored, Verdict};
@@ -26,6 +29,8 @@ use crate::sources::fake::FakeDevice;
 use crate::sources::replay::ReplaySource;
 use crate::sources::v4l2::V4l2Device;
 use crate::sources::{run_capture, CameraSource, CaptureEvent, Frame, FrameSource, Mode};
+use crate::telemetry::drift::{DriftMonitor, Spread};
+use crate::telemetry::metrics::DriftLabel;
 use crate::telemetry::metrics::{ComponentLabel, ErrorLabel, FrameLabel, ModelLabel, QueueLabel, StageLabel};
 use crate::telemetry::{CameraStatus, Metrics, StationState};
 
@@ -93,11 +98,20 @@ struct Cam {
     /// This run of the station (records: `camera` + `run_id` + `seq` identify a frame).
     run_id: String,
     done: AtomicBool,
+    /// The bank this camera is scored against (the feedback overlay) and its version.
+    slot: Arc<BankSlot>,
+    /// The camera's map reference uses a feature bank (`bank`, `union`).
+    uses_bank: bool,
 }
 
 impl Cam {
     /// What a record of `frame` carries, with the threshold in force now.
     fn origin(&self, seq: u64, t_capture: SystemTime, dropped: u64) -> Origin {
+        self.origin_scored(seq, t_capture, dropped, self.slot.get().0)
+    }
+
+    /// `origin` of a frame scored with overlay version `overlay`.
+    fn origin_scored(&self, seq: u64, t_capture: SystemTime, dropped: u64, overlay: u64) -> Origin {
         let threshold = self.settings.read().expect("settings lock").threshold();
         Origin {
             camera: self.name.clone(),
@@ -107,6 +121,7 @@ impl Cam {
             threshold,
             bundle_hash: self.bundle_hash.clone(),
             run_id: self.run_id.clone(),
+            overlay_version: self.uses_bank.then_some(overlay),
         }
     }
 
@@ -129,6 +144,8 @@ impl Cam {
 struct Group {
     cams: Vec<Arc<Cam>>,
     wake: (Sender<()>, Receiver<()>),
+    /// Feedback work for the engine (a frame's backbone patches).
+    jobs: (Sender<TokenJob>, Receiver<TokenJob>),
 }
 
 impl Group {
@@ -148,6 +165,7 @@ pub struct Station {
     output: Option<JoinHandle<()>>,
     /// Set by `shutdown` when an engine is still inspecting at the drain deadline.
     abandon: Arc<AtomicBool>,
+    feedback: Option<JoinHandle<()>>,
     sinks: Vec<Arc<dyn Sink>>,
     cams: BTreeMap<String, Arc<Cam>>,
     config: Mutex<StationConfig>,
@@ -347,6 +365,9 @@ fn worker_thread(
     let mut rr = 0usize;
     loop {
         beat.beat();
+        while let Ok(job) = group.jobs.1.try_recv() {
+            let _ = job.reply.send(frame_patches(&mut engine, &job.image));
+        }
         // Gather: whatever is waiting now, then more within the batch window.
         let mut taken: Vec<(Arc<Cam>, Queued)> = Vec::new();
         let mut take_round = |taken: &mut Vec<(Arc<Cam>, Queued)>| {
@@ -414,42 +435,110 @@ fn worker_thread(
         if batch.is_empty() {
             continue;
         }
-        let b = batch.len();
-        let mut x = Array4::<f32>::zeros((b, 3, r, r));
-        for (i, p) in batch.iter().enumerate() {
-            x.index_axis_mut(Axis(0), i).assign(&p.tensor);
+        // Cameras scored against different banks (feedback overlays) run as separate batches.
+        let mut subs: Vec<(Bank, Vec<Prepared>)> = Vec::new();
+        for p in batch {
+            let bank = p.cam.slot.get();
+            match subs.iter_mut().find(|(b, _)| same_bank(&b.1, &bank.1)) {
+                Some((_, v)) => v.push(p),
+                None => subs.push((bank, vec![p])),
+            }
         }
-        let t0 = Instant::now();
-        let result = noise.draw(&vec![0; b], engine.latent_shape()).and_then(|n| engine.inspect(x.view(), &n));
-        m.stage_seconds.get_or_create(&StageLabel { stage: "engine".into() }).observe(t0.elapsed().as_secs_f64());
-        beat.beat();
-        match result {
-            Ok((inspections, times)) => {
-                for (p, insp) in batch.into_iter().zip(inspections) {
-                    let origin = p.cam.origin(p.frame.seq, p.frame.t_capture, p.dropped);
-                    let mut t = times_per_image(&times, b);
-                    t.load_ms = p.decode.as_secs_f64() * 1e3;
-                    let (lo, hi) = imaging::heat_range(&insp.map, origin.threshold);
-                    let heat = imaging::heatmap_overlay(&p.crop, insp.map.view(), lo, hi);
-                    let rec = FrameRecord::inspected(origin, insp.score, insp.adp, t);
-                    let _ = out.send(FrameResult { record: Arc::new(rec), input: Some(Arc::new(p.crop)), heatmap: Some(Arc::new(heat)) });
-                }
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::error!(component = %component, error = %msg, "inspection failed");
-                for p in batch {
-                    m.errors.get_or_create(&ErrorLabel { camera: p.cam.name.clone(), kind: "engine".into() }).inc();
-                    let _ = out.send(error_record(&p.cam, p.frame.seq, p.frame.t_capture, p.dropped, "engine", &msg));
-                }
-            }
+        for ((version, bank), batch) in subs {
+            run_batch(&mut engine, &noise, batch, bank.as_deref(), version, &state, &out, &component);
+            beat.beat();
         }
     }
     state.heartbeats.unregister(&component);
 }
 
+/// An overlay version and the bank with that overlay (`None`: the engine's own).
+type Bank = (u64, Option<Arc<FeatureBank>>);
+
+fn same_bank(a: &Option<Arc<FeatureBank>>, b: &Option<Arc<FeatureBank>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// Inspects one batch against `bank` (overlay `version`) and sends its records.
+#[allow(clippy::too_many_arguments)]
+fn run_batch(
+    engine: &mut Engine,
+    noise: &NoiseSource,
+    batch: Vec<Prepared>,
+    bank: Option<&FeatureBank>,
+    version: u64,
+    state: &StationState,
+    out: &Out,
+    component: &str,
+) {
+    let m = &state.metrics;
+    let r = engine.resolution();
+    let b = batch.len();
+    let mut x = Array4::<f32>::zeros((b, 3, r, r));
+    for (i, p) in batch.iter().enumerate() {
+        x.index_axis_mut(Axis(0), i).assign(&p.tensor);
+    }
+    let t0 = Instant::now();
+    let result = noise.draw(&vec![0; b], engine.latent_shape()).and_then(|n| engine.inspect_with_bank(x.view(), &n, bank));
+    m.stage_seconds.get_or_create(&StageLabel { stage: "engine".into() }).observe(t0.elapsed().as_secs_f64());
+    match result {
+        Ok((inspections, times)) => {
+            for (p, insp) in batch.into_iter().zip(inspections) {
+                let origin = p.cam.origin_scored(p.frame.seq, p.frame.t_capture, p.dropped, version);
+                let mut t = times_per_image(&times, b);
+                t.load_ms = p.decode.as_secs_f64() * 1e3;
+                let (lo, hi) = imaging::heat_range(&insp.map, origin.threshold);
+                let heat = imaging::heatmap_overlay(&p.crop, insp.map.view(), lo, hi);
+                let rec = FrameRecord::inspected(origin, insp.score, insp.adp, t);
+                let _ = out.send(FrameResult { record: Arc::new(rec), input: Some(Arc::new(p.crop)), heatmap: Some(Arc::new(heat)) });
+            }
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!(component = %component, error = %msg, "inspection failed");
+            for p in batch {
+                m.errors.get_or_create(&ErrorLabel { camera: p.cam.name.clone(), kind: "engine".into() }).inc();
+                let _ = out.send(error_record(&p.cam, p.frame.seq, p.frame.t_capture, p.dropped, "engine", &msg));
+            }
+        }
+    }
+}
+
 fn times_per_image(t: &crate::engine::StageTimes, b: usize) -> ImageTimes {
     ImageTimes::from_batch(Duration::ZERO, t, b)
+}
+
+/// Feeds a camera's drift monitor with a result that is not NG; logs and counts changes.
+/// Returns the camera's alarms in force.
+fn watch_drift(monitors: &mut BTreeMap<String, DriftMonitor>, state: &StationState, r: &FrameResult) -> Vec<String> {
+    let rec = &r.record;
+    let Some(mon) = monitors.get_mut(&rec.camera) else { return Vec::new() };
+    if let (true, false, Some(input)) = (rec.ok, rec.is_ng(), &r.input) {
+        let was = mon.status().armed;
+        if let Some(alarms) = mon.observe(imaging::frame_stats(input), rec.score) {
+            for alarm in ["brightness", "contrast", "sharpness", "score"] {
+                let on = alarms.iter().any(|a| a == alarm);
+                state.metrics.drift.get_or_create(&DriftLabel { camera: rec.camera.clone(), alarm: alarm.into() }).set(i64::from(on));
+            }
+            let st = mon.status();
+            if alarms.is_empty() {
+                tracing::info!(camera = %rec.camera, seq = rec.seq, window = ?st.window, "drift alarm cleared");
+            } else {
+                tracing::warn!(camera = %rec.camera, seq = rec.seq, ?alarms, window = ?st.window, reference = ?st.reference, "drift alarm");
+            }
+            state.set_drift(&rec.camera, st.clone());
+        } else if !was && mon.status().armed {
+            tracing::info!(camera = %rec.camera, reference = ?mon.status().reference, "drift reference recorded");
+            state.set_drift(&rec.camera, mon.status().clone());
+        } else if rec.seq % 10 == 0 {
+            state.set_drift(&rec.camera, mon.status().clone());
+        }
+    }
+    mon.status().alarms.clone()
 }
 
 fn output_thread(
@@ -459,6 +548,7 @@ fn output_thread(
     state: Arc<StationState>,
     recorded: Arc<AtomicU64>,
     abandon: Arc<AtomicBool>,
+    mut monitors: BTreeMap<String, DriftMonitor>,
 ) {
     let m = &state.metrics;
     loop {
@@ -472,9 +562,13 @@ fn output_thread(
         };
         let t0 = Instant::now();
         let stored = store.keep(&r);
-        if stored != Stored::default() {
+        let drift = watch_drift(&mut monitors, &state, &r);
+        if stored != Stored::default() || !drift.is_empty() {
             let mut rec = (*r.record).clone();
-            rec.stored = stored;
+            if stored != Stored::default() {
+                rec.stored = stored;
+            }
+            rec.drift = drift;
             r.record = Arc::new(rec);
         }
         let rec = &r.record;
@@ -508,6 +602,16 @@ struct LoadedEngine {
     cameras: Vec<usize>,
     facts: EngineFacts,
     bundle_hash: String,
+}
+
+impl LoadedEngine {
+    /// The bundle's feature bank when the map reference uses one.
+    fn base_bank(&self) -> Option<Arc<FeatureBank>> {
+        match self.engine.params.reference {
+            MapReference::Reconstruction => None,
+            _ => self.engine.bank().cloned().map(Arc::new),
+        }
+    }
 }
 
 /// The sinks of a station: the image store, then the others.
@@ -597,6 +701,8 @@ fn new_cam(c: &CameraConfig, loaded: &LoadedEngine, run_id: &str) -> Result<Cam>
         facts: loaded.facts.clone(),
         run_id: run_id.to_string(),
         done: AtomicBool::new(false),
+        slot: Arc::new(BankSlot::default()),
+        uses_bank: loaded.engine.params.reference != MapReference::Reconstruction,
     })
 }
 
@@ -618,6 +724,9 @@ impl Station {
         let run_id = crate::record::new_run_id();
         tracing::info!(run_id = %run_id, "station run id (records: camera + run_id + seq identify a frame)");
         let mut cams = BTreeMap::new();
+        let mut feedback_cams = BTreeMap::new();
+        let mut monitors = BTreeMap::new();
+        state.set_frame_ring(config.feedback.frames);
         let (mut cameras, mut workers) = (Vec::new(), Vec::new());
         for (gi, loaded) in groups.into_iter().enumerate() {
             let gcams = loaded
@@ -629,7 +738,25 @@ impl Station {
                     Ok(cam)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let group = Arc::new(Group { cams: gcams, wake: bounded(1) });
+            let group = Arc::new(Group { cams: gcams, wake: bounded(1), jobs: bounded(4) });
+            let base = loaded.base_bank();
+            for cam in &group.cams {
+                feedback_cams.insert(
+                    cam.name.clone(),
+                    CameraFeedback {
+                        base: base.clone(),
+                        bundle_hash: cam.bundle_hash.clone(),
+                        slot: cam.slot.clone(),
+                        jobs: group.jobs.0.clone(),
+                        wake: group.wake.0.clone(),
+                    },
+                );
+                if config.drift.enabled {
+                    let cal = cam.settings.read().expect("settings lock").calibration.clone();
+                    let normal = cal.map(|c| Spread { mean: f64::from(c.normal_mean), std: f64::from(c.normal_std) });
+                    monitors.insert(cam.name.clone(), DriftMonitor::new(config.drift.clone(), normal));
+                }
+            }
             let noise = crate::engine::noise_source(&config.noise)?;
             let component = format!("engine:{gi}");
             let (g, st, out, cfg) = (group.clone(), state.clone(), out_tx.clone(), config.scheduler.clone());
@@ -662,7 +789,22 @@ impl Station {
         let output = {
             let (st, rec, sinks) = (state.clone(), recorded.clone(), sinks.clone());
             let ab = abandon.clone();
-            std::thread::Builder::new().name("station-output".into()).spawn(move || output_thread(out_rx, store, sinks, st, rec, ab))?
+            std::thread::Builder::new()
+                .name("station-output".into())
+                .spawn(move || output_thread(out_rx, store, sinks, st, rec, ab, monitors))?
+        };
+        let feedback = {
+            let overlays = Overlays::open(&config.state_dir(), config.feedback.max_patches, &feedback_cams)?;
+            let fl = FeedbackLoop {
+                state: state.clone(),
+                cams: feedback_cams,
+                overlays,
+                dataset: config.dataset_dir(),
+                frames: config.feedback.frames,
+            };
+            fl.publish_all();
+            let (rx, stop) = (state.feedback.open(), stop.clone());
+            std::thread::Builder::new().name("station-feedback".into()).spawn(move || fl.run(rx, stop))?
         };
         state.ready.store(true, Ordering::Release);
         tracing::info!(cameras = config.cameras.len(), "station running");
@@ -673,6 +815,7 @@ impl Station {
             workers,
             output: Some(output),
             abandon,
+            feedback: Some(feedback),
             sinks,
             cams,
             config: Mutex::new(config),
@@ -717,6 +860,9 @@ impl Station {
         }
         if cur.results != new.results || cur.runtime != new.runtime || cur.noise != new.noise || cur.scheduler != new.scheduler {
             bail!("reload: `results`, `runtime`, `noise` and `scheduler` need a restart");
+        }
+        if cur.feedback != new.feedback || cur.drift != new.drift {
+            bail!("reload: `feedback` and `drift` need a restart");
         }
         if cur.name != new.name || cur.sinks != new.sinks || cur.http != new.http || cur.service != new.service {
             bail!("reload: `name`, `sinks`, `http` and `service` need a restart");
@@ -794,6 +940,9 @@ impl Station {
             self.abandon.store(true, Ordering::Release);
         }
         if let Some(h) = self.output.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.feedback.take() {
             let _ = h.join();
         }
         let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(100));

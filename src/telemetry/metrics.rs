@@ -55,6 +55,20 @@ pub struct SinkLabel {
     pub sink: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabel {
+    pub camera: String,
+    /// `brightness`, `contrast`, `sharpness` or `score`.
+    pub alarm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabel {
+    pub camera: String,
+    /// `good` or `defect`.
+    pub label: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~65 s
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -76,6 +90,12 @@ pub struct Metrics {
     pub sink_dropped: Family<SinkLabel, Counter>,
     pub sink_failures: Family<SinkLabel, Counter>,
     pub sink_queued: Family<SinkLabel, Gauge>,
+    /// 1 while a drift alarm of a camera fires.
+    pub drift: Family<DriftLabel, Gauge>,
+    /// Feedback taken, by camera and label.
+    pub feedback: Family<FeedbackLabel, Counter>,
+    /// Patches in a camera's feedback overlay.
+    pub overlay_patches: Family<CameraLabel, Gauge>,
     registry: Registry,
 }
 
@@ -96,6 +116,9 @@ impl Metrics {
             sink_dropped: Family::default(),
             sink_failures: Family::default(),
             sink_queued: Family::default(),
+            drift: Family::default(),
+            feedback: Family::default(),
+            overlay_patches: Family::default(),
             registry: Registry::default(),
         };
         registry.register("frames", "Frames inspected, by camera and verdict", m.frames.clone());
@@ -111,6 +134,9 @@ impl Metrics {
         registry.register("sink_dropped", "Results a sink dropped (queue or outbox full)", m.sink_dropped.clone());
         registry.register("sink_failures", "Failed deliveries of a sink (retried or dropped)", m.sink_failures.clone());
         registry.register("sink_queued", "Results waiting in a sink's queue or outbox", m.sink_queued.clone());
+        registry.register("drift", "1 while a drift alarm fires (never changes a verdict)", m.drift.clone());
+        registry.register("feedback", "Operator feedback taken, by camera and label", m.feedback.clone());
+        registry.register("overlay_patches", "Patches in the camera's feedback overlay of its feature bank", m.overlay_patches.clone());
         Metrics { registry, ..m }
     }
 

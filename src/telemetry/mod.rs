@@ -3,6 +3,8 @@
 //! The station writes it; the HTTP face, the systemd watchdog and the sinks read it (the
 //! sinks also count into it and hand triggers through it). It knows no engine and no sink.
 
+pub mod drift;
+pub mod feedback;
 pub mod metrics;
 pub mod state;
 pub mod trigger;

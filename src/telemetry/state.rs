@@ -128,7 +128,20 @@ pub struct StationState {
     /// The same, per camera: a quiet camera keeps its history while a busy one streams.
     recent_by_camera: Mutex<BTreeMap<String, VecDeque<Arc<FrameRecord>>>>,
     recent_cap: usize,
+    /// The operator's feedback: requests from the HTTP face to the station.
+    pub feedback: super::feedback::FeedbackDesk,
+    /// The newest results with their pictures, per camera (what feedback files and teaches).
+    frames: Mutex<BTreeMap<String, VecDeque<FrameResult>>>,
+    frames_cap: std::sync::atomic::AtomicUsize,
+    /// The newest NG results with their pictures, per camera (the review page).
+    ng: Mutex<BTreeMap<String, VecDeque<FrameResult>>>,
+    drift: Mutex<BTreeMap<String, super::drift::DriftStatus>>,
 }
+
+/// Results with pictures kept per camera for feedback, unless the station sets another bound.
+pub const DEFAULT_FRAME_RING: usize = 32;
+/// NG results kept per camera for the review page.
+pub const NG_RING: usize = 8;
 
 impl StationState {
     /// `cameras`: (name, triggered). Keeps the newest `recent_cap` records for `/api/results`.
@@ -157,7 +170,43 @@ impl StationState {
             recent: Mutex::new(VecDeque::new()),
             recent_by_camera: Mutex::new(BTreeMap::new()),
             recent_cap: recent_cap.max(1),
+            feedback: Default::default(),
+            frames: Mutex::new(BTreeMap::new()),
+            frames_cap: std::sync::atomic::AtomicUsize::new(DEFAULT_FRAME_RING),
+            ng: Mutex::new(BTreeMap::new()),
+            drift: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Results with pictures kept per camera for feedback (at least 1).
+    pub fn set_frame_ring(&self, n: usize) {
+        self.frames_cap.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// The kept result of a frame (`camera` + `run_id` + `seq`), while it is in the ring.
+    pub fn frame(&self, camera: &str, run_id: &str, seq: u64) -> Option<FrameResult> {
+        let frames = self.frames.lock().expect("frames lock");
+        frames.get(camera)?.iter().rev().find(|r| r.record.run_id == run_id && r.record.seq == seq).cloned()
+    }
+
+    /// The newest NG results of a camera with their pictures, newest first.
+    pub fn recent_ng(&self, camera: &str) -> Vec<FrameResult> {
+        let ng = self.ng.lock().expect("ng lock");
+        ng.get(camera).map(|q| q.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The NG result of a frame, while the review ring holds it.
+    pub fn ng_frame(&self, camera: &str, run_id: &str, seq: u64) -> Option<FrameResult> {
+        let ng = self.ng.lock().expect("ng lock");
+        ng.get(camera)?.iter().find(|r| r.record.run_id == run_id && r.record.seq == seq).cloned()
+    }
+
+    pub fn set_drift(&self, camera: &str, status: super::drift::DriftStatus) {
+        self.drift.lock().expect("drift lock").insert(camera.to_string(), status);
+    }
+
+    pub fn drift(&self, camera: &str) -> Option<super::drift::DriftStatus> {
+        self.drift.lock().expect("drift lock").get(camera).cloned()
     }
 
     /// Records a finished frame: the camera's latest result, the recent-records ring.
@@ -165,6 +214,23 @@ impl StationState {
         let rec = result.record.clone();
         if let Some(cam) = self.cameras.get(&rec.camera) {
             *cam.latest.lock().expect("latest lock") = Some(result.clone());
+        }
+        if result.input.is_some() {
+            let cap = self.frames_cap.load(Ordering::Relaxed);
+            let mut frames = self.frames.lock().expect("frames lock");
+            let ring = frames.entry(rec.camera.clone()).or_default();
+            while ring.len() >= cap {
+                ring.pop_front();
+            }
+            ring.push_back(result.clone());
+            if rec.is_ng() {
+                let mut ng = self.ng.lock().expect("ng lock");
+                let ring = ng.entry(rec.camera.clone()).or_default();
+                while ring.len() >= NG_RING {
+                    ring.pop_front();
+                }
+                ring.push_back(result.clone());
+            }
         }
         {
             let mut by = self.recent_by_camera.lock().expect("recent lock");
@@ -268,6 +334,7 @@ mod tests {
                 threshold: None,
                 bundle_hash: String::new(),
                 run_id: String::new(),
+                overlay_version: None,
             };
             FrameResult { record: Arc::new(FrameRecord::error(o, "decode", "x")), input: None, heatmap: None }
         };

@@ -26,6 +26,8 @@ pub fn record(camera: &str, seq: u64, ng: bool) -> FrameResult {
         bundle_hash: "abcd1234".into(),
         glad_version: "0.1.0".into(),
         run_id: String::new(),
+        overlay_version: None,
+        drift: Vec::new(),
     };
     FrameResult { record: Arc::new(rec), input: None, heatmap: None }
 }

@@ -218,6 +218,8 @@ fn publish(s: &Shared, camera: &str, seq: u64, sample: Option<&Sample>, t0: Inst
         bundle_hash: "fakebrick0001".into(),
         glad_version: env!("CARGO_PKG_VERSION").into(),
         run_id: String::new(),
+        overlay_version: None,
+        drift: Vec::new(),
     };
     let label = match verdict {
         Some(Verdict::Normal) => "normal",

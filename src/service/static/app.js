@@ -53,11 +53,12 @@ function makeCard(cam) {
   const cOk = h("b", {}, "0"), cNg = h("b", {}, "0"), cErr = h("b", {}, "0");
   const dot = h("span", { class: "dot" });
   const streamText = h("span", {}, cam.status || "");
+  const drift = h("span", { class: "chip drift drift-none" }, "drift: —");
   const trend = svg("svg", { viewBox: "0 0 600 110", preserveAspectRatio: "none", class: "trend-svg" });
   const meta = h("div", { class: "meta" });
   const el = h("section", { class: "cam", "data-camera": cam.name },
     h("div", { class: "cam-head" },
-      h("div", {}, h("span", { class: "cam-name" }, cam.name), h("span", { class: "chip" }, cam.triggered ? "triggered" : "continuous")),
+      h("div", {}, h("span", { class: "cam-name" }, cam.name), h("span", { class: "chip" }, cam.triggered ? "triggered" : "continuous"), drift),
       h("div", { class: "stream" }, dot, streamText)),
     h("div", { class: "cam-body" },
       h("div", { class: "pics" }, frame.box, heat.box),
@@ -73,7 +74,7 @@ function makeCard(cam) {
           h("div", { class: "count err" }, cErr, h("span", {}, "errors"))))),
     h("div", { class: "trend" }, trend),
     meta);
-  return { el, frame, heat, verdict, scoreVal, thrVal, fill, thr, cOk, cNg, cErr, dot, streamText, trend, meta };
+  return { el, frame, heat, verdict, scoreVal, thrVal, fill, thr, cOk, cNg, cErr, dot, streamText, trend, meta, drift };
 }
 
 function setPicture(p, url, seq) {
@@ -87,6 +88,11 @@ function updateCard(c, cam) {
   const ui = c.ui;
   const r = cam.latest;
   ui.dot.className = "dot " + (cam.streaming ? "on" : cam.triggered ? "idle" : "off");
+  const d = cam.drift;
+  const [dText, dCls] = !d ? ["drift: —", "none"] : !d.armed ? ["drift: recording reference", "none"]
+    : d.alarms.length ? ["DRIFT: " + d.alarms.join(", "), "ng"] : ["no drift", "ok"];
+  ui.drift.textContent = dText;
+  ui.drift.className = "chip drift drift-" + dCls;
   ui.streamText.textContent = cam.triggered && !cam.streaming ? "waiting for trigger · " + cam.status : cam.status;
   ui.cOk.textContent = cam.counts.ok;
   ui.cNg.textContent = cam.counts.ng;

@@ -1,0 +1,403 @@
+//! The operator's loop: feedback on recent frames.
+//!
+//! - `good` (a false alarm): the frame's final-map backbone patches join the camera's feature
+//!   bank as an overlay kept in the station's state folder (`<state>/overlay/`; the bundle
+//!   stays read-only). Every change (an addition, an undo, an eviction) makes a new station-wide
+//!   overlay version; the scheduler picks the new bank up at its next batch and every record
+//!   names the overlay version that scored it. At most `feedback.max_patches` patches per
+//!   camera: the oldest feedback goes first. The frame is also filed under
+//!   `<dataset>/<camera>/train/good/`. A camera whose map reference is its reconstruction
+//!   keeps the image and says the overlay does not apply.
+//! - `defect`: the frame's input goes to `<dataset>/<camera>/test/<label>/` (MVTec layout, read
+//!   by `glad eval` and `glad tune`), its heatmap and record to `<dataset>/<camera>/feedback/<label>/`.
+//! - undo: the patches one version added leave the overlay.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use image::RgbImage;
+use ndarray::{concatenate, Array2, Axis};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::glad::bank::{BankPrecision, FeatureBank};
+use crate::glad::features::Tokens;
+use crate::imaging;
+use crate::record::FrameResult;
+use crate::telemetry::feedback::{Action, Answer, FrameId, Label, Refusal, Request};
+use crate::telemetry::metrics::{CameraLabel, FeedbackLabel};
+use crate::telemetry::StationState;
+
+/// The bank a camera is scored against now: the overlay version and the bundle's bank with
+/// the overlay (`None`: no overlay, the engine's own bank).
+#[derive(Debug, Default)]
+pub struct BankSlot {
+    inner: RwLock<(u64, Option<Arc<FeatureBank>>)>,
+}
+
+impl BankSlot {
+    pub fn get(&self) -> (u64, Option<Arc<FeatureBank>>) {
+        self.inner.read().expect("bank slot lock").clone()
+    }
+
+    fn set(&self, version: u64, bank: Option<Arc<FeatureBank>>) {
+        *self.inner.write().expect("bank slot lock") = (version, bank);
+    }
+}
+
+/// Work for a camera's engine thread: the final-map backbone patches of a frame, per layer.
+pub struct TokenJob {
+    pub image: Arc<RgbImage>,
+    pub reply: Sender<Result<Vec<Array2<f32>>>>,
+}
+
+/// What the feedback thread knows of a camera.
+pub struct CameraFeedback {
+    /// The bundle's bank (`None`: the camera scores against its reconstruction).
+    pub base: Option<Arc<FeatureBank>>,
+    pub bundle_hash: String,
+    pub slot: Arc<BankSlot>,
+    /// The camera's engine thread, and its wake-up.
+    pub jobs: Sender<TokenJob>,
+    pub wake: Sender<()>,
+}
+
+/// One `good` feedback in the overlay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The overlay version this feedback made (`DELETE /api/feedback/<version>` undoes it).
+    pub version: u64,
+    pub camera: String,
+    pub run_id: String,
+    pub seq: u64,
+    pub bundle_hash: String,
+    /// Patches per layer.
+    pub patches: usize,
+    pub t_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Index {
+    /// The newest overlay version (station-wide).
+    version: u64,
+    /// Per camera, the version of its overlay's latest change.
+    cameras: BTreeMap<String, u64>,
+    entries: Vec<Entry>,
+}
+
+/// The overlays of every camera, in `<state>/overlay/`: `index.json` and one folder of
+/// float32 layers per entry.
+pub struct Overlays {
+    dir: PathBuf,
+    max_patches: usize,
+    index: Index,
+    tokens: BTreeMap<u64, Vec<Array2<f32>>>,
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+}
+
+impl Overlays {
+    /// Reads the overlays kept in `state_dir` (none yet: empty). Entries made on another
+    /// bundle are kept on disk but not applied.
+    pub fn open(state_dir: &Path, max_patches: usize, cams: &BTreeMap<String, CameraFeedback>) -> Result<Overlays> {
+        let dir = state_dir.join("overlay");
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create the overlay folder", dir.display()))?;
+        let path = dir.join("index.json");
+        let index: Index = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{}: not an overlay index", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        };
+        let mut tokens = BTreeMap::new();
+        for e in &index.entries {
+            let Some(base) = cams.get(&e.camera).and_then(|c| c.base.as_ref().filter(|_| c.bundle_hash == e.bundle_hash)) else {
+                tracing::warn!(version = e.version, camera = %e.camera, "feedback overlay entry not applied: the camera is gone, uses no bank or has another bundle");
+                continue;
+            };
+            let channels: Vec<usize> = base.layers.iter().map(|l| l.data.ncols()).collect();
+            let bank = FeatureBank::load(&dir.join(e.version.to_string()), &channels)?;
+            tokens.insert(e.version, bank.layers.into_iter().map(|l| l.data).collect());
+        }
+        Ok(Overlays { dir, max_patches, index, tokens })
+    }
+
+    fn save_index(&self) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.index)?;
+        imaging::write_atomic(&self.dir.join("index.json"), &bytes)
+    }
+
+    /// The camera's overlay version (0: none yet).
+    pub fn version(&self, camera: &str) -> u64 {
+        self.index.cameras.get(camera).copied().unwrap_or(0)
+    }
+
+    fn patches(&self, camera: &str) -> usize {
+        self.index.entries.iter().filter(|e| e.camera == camera && self.tokens.contains_key(&e.version)).map(|e| e.patches).sum()
+    }
+
+    /// The bundle's bank with the camera's overlay (`None` when it has none).
+    pub fn bank(&self, camera: &str, base: &FeatureBank) -> Option<Arc<FeatureBank>> {
+        let extra: Vec<&Vec<Array2<f32>>> =
+            self.index.entries.iter().filter(|e| e.camera == camera).filter_map(|e| self.tokens.get(&e.version)).collect();
+        if extra.is_empty() {
+            return None;
+        }
+        let layers = base
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, b)| {
+                let mut views = vec![b.data.view()];
+                views.extend(extra.iter().map(|t| t[l].view()));
+                let data = concatenate(Axis(0), &views).expect("overlay layers have the bank's channels");
+                let n = data.nrows();
+                Tokens { data, grid: (1, n) }
+            })
+            .collect();
+        Some(Arc::new(FeatureBank { layers }))
+    }
+
+    /// Adds a frame's patches; evicts the camera's oldest feedback beyond the budget.
+    /// Returns the new version and the evicted versions.
+    fn add(&mut self, id: &FrameId, bundle_hash: &str, layers: Vec<Array2<f32>>) -> std::result::Result<(u64, Vec<u64>), Refusal> {
+        let patches = layers.iter().map(|l| l.nrows()).max().unwrap_or(0);
+        if patches > self.max_patches {
+            return Err(Refusal::new(
+                409,
+                format!("key `feedback.max_patches`: the frame has {patches} patches, more than the budget of {}", self.max_patches),
+            ));
+        }
+        let version = self.index.version + 1;
+        let dir = self.dir.join(version.to_string());
+        let bank = FeatureBank { layers: layers.iter().map(|d| Tokens { data: d.clone(), grid: (1, d.nrows()) }).collect() };
+        bank.save(&dir, BankPrecision::F32).map_err(|e| Refusal::new(500, format!("{e:#}")))?;
+        self.tokens.insert(version, layers);
+        self.index.entries.push(Entry {
+            version,
+            camera: id.camera.clone(),
+            run_id: id.run_id.clone(),
+            seq: id.seq,
+            bundle_hash: bundle_hash.to_string(),
+            patches,
+            t_ms: now_ms(),
+        });
+        let mut evicted = Vec::new();
+        while self.patches(&id.camera) > self.max_patches {
+            let oldest = self.index.entries.iter().find(|e| e.camera == id.camera).map(|e| e.version).expect("over budget: entries");
+            self.remove(oldest);
+            evicted.push(oldest);
+        }
+        self.index.version = version;
+        self.index.cameras.insert(id.camera.clone(), version);
+        self.save_index().map_err(|e| Refusal::new(500, format!("{e:#}")))?;
+        Ok((version, evicted))
+    }
+
+    fn remove(&mut self, version: u64) -> Option<Entry> {
+        let pos = self.index.entries.iter().position(|e| e.version == version)?;
+        let e = self.index.entries.remove(pos);
+        self.tokens.remove(&version);
+        let _ = std::fs::remove_dir_all(self.dir.join(version.to_string()));
+        Some(e)
+    }
+
+    /// Removes what version `version` added; returns the entry and the camera's new version.
+    fn undo(&mut self, version: u64) -> std::result::Result<(Entry, u64), Refusal> {
+        let e = self.remove(version).ok_or_else(|| Refusal::new(404, format!("no overlay version {version} in force")))?;
+        let v = self.index.version + 1;
+        self.index.version = v;
+        self.index.cameras.insert(e.camera.clone(), v);
+        self.save_index().map_err(|e| Refusal::new(500, format!("{e:#}")))?;
+        Ok((e, v))
+    }
+}
+
+/// A file stem of a frame: `<run_id>-<seq>` (both from the station's own record).
+fn stem(r: &FrameResult) -> String {
+    format!("{}-{:06}", r.record.run_id, r.record.seq)
+}
+
+fn io_refusal(e: anyhow::Error) -> Refusal {
+    Refusal::new(500, format!("{e:#}"))
+}
+
+/// The feedback thread: takes requests until `stop`.
+pub struct FeedbackLoop {
+    pub state: Arc<StationState>,
+    pub cams: BTreeMap<String, CameraFeedback>,
+    pub overlays: Overlays,
+    pub dataset: PathBuf,
+    pub frames: usize,
+}
+
+impl FeedbackLoop {
+    /// Publishes every camera's overlay (at start).
+    pub fn publish_all(&self) {
+        for (name, c) in &self.cams {
+            if let Some(base) = &c.base {
+                c.slot.set(self.overlays.version(name), self.overlays.bank(name, base));
+                let patches = self.overlays.patches(name);
+                self.state.metrics.overlay_patches.get_or_create(&CameraLabel { camera: name.clone() }).set(patches as i64);
+            }
+        }
+    }
+
+    fn publish(&self, camera: &str) {
+        if let Some(c) = self.cams.get(camera) {
+            if let Some(base) = &c.base {
+                c.slot.set(self.overlays.version(camera), self.overlays.bank(camera, base));
+                let patches = self.overlays.patches(camera);
+                self.state.metrics.overlay_patches.get_or_create(&CameraLabel { camera: camera.to_string() }).set(patches as i64);
+            }
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<Request>, stop: Arc<AtomicBool>) {
+        self.publish_all();
+        while !stop.load(Ordering::Acquire) {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(req) => {
+                    let answer = self.handle(req.action);
+                    let _ = req.reply.send(answer);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.state.feedback.close();
+    }
+
+    fn frame(&self, id: &FrameId) -> std::result::Result<FrameResult, Refusal> {
+        if !self.cams.contains_key(&id.camera) {
+            return Err(Refusal::new(404, format!("field `camera`: unknown camera `{}`", id.camera)));
+        }
+        let r = self
+            .state
+            .frame(&id.camera, &id.run_id, id.seq)
+            .or_else(|| self.state.ng_frame(&id.camera, &id.run_id, id.seq))
+            .ok_or_else(|| {
+                Refusal::new(
+                    404,
+                    format!(
+                        "fields `run_id`, `seq`: no frame {} of run `{}` of camera `{}` is kept (the newest {} per camera and the latest NG frames are)",
+                        id.seq, id.run_id, id.camera, self.frames
+                    ),
+                )
+            })?;
+        if !r.record.ok || r.input.is_none() {
+            return Err(Refusal::new(409, format!("frame {} of camera `{}` failed inspection: nothing to learn from", id.seq, id.camera)));
+        }
+        Ok(r)
+    }
+
+    fn handle(&mut self, action: Action) -> Answer {
+        match action {
+            Action::Teach { frame, label: Label::Good } => self.good(&frame),
+            Action::Teach { frame, label: Label::Defect(label) } => self.defect(&frame, &label),
+            Action::Undo { version } => {
+                let (e, v) = self.overlays.undo(version)?;
+                self.publish(&e.camera);
+                tracing::info!(camera = %e.camera, removed = version, overlay_version = v, "feedback undone");
+                Ok(json!({ "removed": version, "camera": e.camera, "overlay_version": v }))
+            }
+            Action::List => Ok(json!({
+                "version": self.overlays.index.version,
+                "cameras": self.cams.iter().map(|(n, c)| (n.clone(), json!({
+                    "applies": c.base.is_some(),
+                    "overlay_version": c.base.as_ref().map(|_| self.overlays.version(n)),
+                    "patches": self.overlays.patches(n),
+                }))).collect::<serde_json::Map<_, _>>(),
+                "entries": self.overlays.index.entries,
+            })),
+        }
+    }
+
+    fn good(&mut self, id: &FrameId) -> Answer {
+        let t0 = Instant::now();
+        let r = self.frame(id)?;
+        let input = r.input.clone().expect("checked");
+        let path = self.dataset.join(&id.camera).join("train").join("good").join(format!("{}.png", stem(&r)));
+        imaging::save_png(&input, &path).map_err(io_refusal)?;
+        let label = FeedbackLabel { camera: id.camera.clone(), label: "good".into() };
+        self.state.metrics.feedback.get_or_create(&label).inc();
+        let cam = &self.cams[&id.camera];
+        if cam.base.is_none() {
+            tracing::info!(camera = %id.camera, seq = id.seq, "feedback good: kept the frame; the camera uses no bank");
+            return Ok(json!({
+                "applies": false,
+                "reason": format!("camera `{}` scores against its reconstruction (glad.reference: reconstruction): a feature-bank overlay does not apply; the frame is kept", id.camera),
+                "filed": { "input": path },
+            }));
+        }
+        let (tx, rx) = bounded(1);
+        cam.jobs.try_send(TokenJob { image: input, reply: tx }).map_err(|_| Refusal::new(429, "the engine has feedback waiting"))?;
+        let _ = cam.wake.try_send(());
+        let layers = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return Err(Refusal::new(500, format!("backbone patches: {e:#}"))),
+            Err(_) => return Err(Refusal::new(503, "the engine did not compute the frame's patches in time")),
+        };
+        let bundle_hash = cam.bundle_hash.clone();
+        let (version, evicted) = self.overlays.add(id, &bundle_hash, layers)?;
+        self.publish(&id.camera);
+        let patches = self.overlays.patches(&id.camera);
+        tracing::info!(camera = %id.camera, seq = id.seq, overlay_version = version, patches, ?evicted, ms = t0.elapsed().as_secs_f64() * 1e3, "feedback good: overlay updated");
+        Ok(json!({
+            "applies": true,
+            "version": version,
+            "overlay_version": version,
+            "patches": patches,
+            "evicted": evicted,
+            "filed": { "input": path },
+        }))
+    }
+
+    fn defect(&mut self, id: &FrameId, label: &str) -> Answer {
+        let r = self.frame(id)?;
+        let s = stem(&r);
+        let cam_dir = self.dataset.join(&id.camera);
+        let input = cam_dir.join("test").join(label).join(format!("{s}.png"));
+        imaging::save_png(r.input.as_ref().expect("checked"), &input).map_err(io_refusal)?;
+        let side = cam_dir.join("feedback").join(label);
+        let heatmap = side.join(format!("{s}.heatmap.png"));
+        if let Some(h) = &r.heatmap {
+            imaging::save_png(h, &heatmap).map_err(io_refusal)?;
+        }
+        let record = side.join(format!("{s}.json"));
+        let bytes = serde_json::to_vec_pretty(r.record.as_ref()).map_err(|e| Refusal::new(500, e.to_string()))?;
+        imaging::write_atomic(&record, &bytes).map_err(io_refusal)?;
+        let l = FeedbackLabel { camera: id.camera.clone(), label: "defect".into() };
+        self.state.metrics.feedback.get_or_create(&l).inc();
+        tracing::info!(camera = %id.camera, seq = id.seq, label, "feedback defect: frame filed");
+        Ok(json!({ "filed": { "input": input, "heatmap": r.heatmap.as_ref().map(|_| heatmap), "record": record } }))
+    }
+}
+
+/// The backbone patches of `image` on `engine` (on the camera's engine thread).
+pub fn frame_patches(engine: &mut crate::engine::Engine, image: &RgbImage) -> Result<Vec<Array2<f32>>> {
+    let r = engine.resolution();
+    let x = imaging::preprocess(image, r).insert_axis(Axis(0));
+    let mut per_image = engine.backbone_tokens(x.view())?;
+    let layers = per_image.pop().context("the backbone returned no image")?;
+    Ok(layers.into_iter().map(|t| t.data).collect())
+}
+
+/// A defect label: a folder name of the dataset.
+pub fn check_label(label: &str) -> std::result::Result<(), String> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label != "good"
+        && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("field `label`: expected 1-64 of a-z, 0-9, _ and - (not `good`), got `{label}`"))
+    }
+}
