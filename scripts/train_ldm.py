@@ -223,7 +223,7 @@ def stage_ae(args):
         loss.backward()
         opt.step()
         step += 1
-        hist.append((float(l1), float(pl)))
+        hist.append((l1.item(), pl.item()))
         if step % args.log_every == 0:
             a = np.mean(hist[-args.log_every:], axis=0)
             log(f"ae step {step}: l1 {a[0]:.4f} feat {a[1]:.4f} ({args.log_every / (time.time() - last):.2f} steps/s)")
@@ -554,6 +554,116 @@ def stage_export(args):
     log(f"bundle {out}: {eb.dir_size(out) / 1e6:.2f} MB")
 
 
+# ----------------------------------------------------------------------------------------
+# Per-class decoder: the shared autoencoder's decoder fine-tuned on one class's normals
+# ----------------------------------------------------------------------------------------
+def stage_decoder(args):
+    """Fine-tunes only the decoder on the train normals of --class (the encoder, and so the
+    latent space the UNet was trained on, stays as it is): the per-class bundle decodes its own
+    texture more faithfully, which is what the final map compares in normal regions."""
+    if not args.cls:
+        raise SystemExit("error: decoder needs --class (one of " + ", ".join(CLASSES) + ")")
+    path = os.path.join(args.work, f"decoder-{args.cls}.pt")
+    ae = load_ae(args.work)
+    for p in ae.dec.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(ae.dec.parameters(), lr=args.lr or 2e-4, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    step = 0
+    if os.path.exists(path):
+        ck = torch.load(path, weights_only=False)
+        ae.dec.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        step = ck["step"]
+        log(f"decoder {args.cls}: resumed at step {step}")
+    x = to_r(load_split(args.data, "train", (args.cls,)))
+    xv = to_r(load_split(args.data, "validation", (args.cls,)))[:16]
+    feats = Features()
+
+    def val():
+        with torch.no_grad():
+            r = ae.dec(ae.enc(xv)[0])
+            return float((r - xv).abs().mean()), float(feature_loss(feats, to_r(xv, 128), to_r(r, 128)))
+
+    l1, fd = val()
+    log(f"decoder {args.cls}: {x.shape[0]} images, batch {args.batch}, crops {args.crop}; "
+        f"validation L1 {l1:.4f} feature distance {fd:.4f} at step {step}")
+    t0, last, hist = time.time(), time.time(), []
+
+    def state():
+        return {"model": ae.dec.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step,
+                "class": args.cls}
+
+    while step < args.steps and (time.time() - t0) < args.minutes * 60:
+        idx = torch.randint(0, x.shape[0], (args.batch,), generator=gen)
+        oy = torch.randint(0, R - args.crop + 1, (args.batch,), generator=gen)
+        ox = torch.randint(0, R - args.crop + 1, (args.batch,), generator=gen)
+        flip = torch.rand((args.batch, 2), generator=gen) < 0.5
+        b = []
+        for i in range(args.batch):
+            c = x[idx[i], :, oy[i]:oy[i] + args.crop, ox[i]:ox[i] + args.crop]
+            if flip[i, 0]:
+                c = c.flip(-1)
+            if flip[i, 1]:
+                c = c.flip(-2)
+            b.append(c)
+        b = torch.stack(b)
+        with torch.no_grad():
+            mean, logvar = ae.enc(b)
+            z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+        y = ae.dec(z)
+        l1 = (y - b).abs().mean()
+        pl = feature_loss(feats, F.interpolate(b, scale_factor=2.0, mode="bilinear"),
+                          F.interpolate(y, scale_factor=2.0, mode="bilinear"))
+        loss = l1 + 0.5 * pl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        hist.append((l1.item(), pl.item()))
+        if step % args.log_every == 0:
+            a = np.mean(hist[-args.log_every:], axis=0)
+            log(f"decoder {args.cls} step {step}: l1 {a[0]:.4f} feat {a[1]:.4f} "
+                f"({args.log_every / (time.time() - last):.2f} steps/s)")
+            last = time.time()
+        if step % args.save_every == 0:
+            save(path, state())
+    save(path, state())
+    l1, fd = val()
+    log(f"decoder {args.cls}: stopped at step {step} after {time.time() - t0:.0f} s; "
+        f"validation L1 {l1:.4f} feature distance {fd:.4f}")
+
+
+def stage_export_decoder(args):
+    """Writes the per-class decoder (stage `decoder`) as --out/vae_decoder.onnx, checked against
+    torch, and records it in --out/bundle.yaml's provenance."""
+    import export_bundle as eb
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    ck = torch.load(os.path.join(args.work, f"decoder-{args.cls}.pt"), weights_only=False)
+    ae = load_ae(args.work)
+    ae.dec.load_state_dict(ck["model"])
+    h = R // FACTOR
+
+    def lat(b, rng):
+        return {"latent": rng.standard_normal((b, LATENT, h, h)).astype(F32)}
+
+    eb.export_roles([eb.Role("vae_decoder", DecoderRole(ae).eval(), ["latent"], ["image"], lat)], args.out, 1e-4, 1e-4, 0)
+    manifest = os.path.join(args.out, "bundle.yaml")
+    text = open(manifest).read()
+    line = (f"  decoder: 'scripts/train_ldm.py decoder: the base autoencoder''s decoder fine-tuned {ck['step']} steps "
+            f"on data/textures/{args.cls}/train/good (encoder unchanged)'\n")
+    lines = [l for l in text.splitlines(keepends=True) if not l.startswith("  decoder: ")]
+    at = next((i + 1 for i, l in enumerate(lines) if l.startswith("provenance:")), None)
+    if at is None:
+        raise SystemExit(f"error: {manifest} has no provenance section")
+    lines.insert(at, line)
+    with open(manifest, "w") as f:
+        f.write("".join(lines))
+    log(f"{args.out}/vae_decoder.onnx: decoder {args.cls} at step {ck['step']}")
+
+
 def _exec_order(module, sd, example):
     """state_dict keys sorted by the first call of their owning module in a forward pass (the
     graph's order), so unnamed initializers can be matched in order."""
@@ -675,9 +785,10 @@ def stage_recover(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["ae", "unet", "sample", "export", "atp-bench", "recover"])
+    p.add_argument("stage", choices=["ae", "unet", "decoder", "sample", "export", "export-decoder", "atp-bench", "recover"])
     p.add_argument("--work", required=True, help="checkpoint folder")
     p.add_argument("--data", default="data/textures")
+    p.add_argument("--class", dest="cls", choices=CLASSES, help="decoder, export-decoder: the class")
     p.add_argument("--out", help="bundle folder (export)")
     p.add_argument("--steps", type=int, default=2000, help="total steps of the stage")
     p.add_argument("--minutes", type=float, default=1e9, help="stop (and save) after this many minutes")
@@ -694,10 +805,10 @@ def main():
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     os.makedirs(args.work, exist_ok=True)
-    if args.stage in ("export", "recover") and not args.out:
+    if args.stage in ("export", "export-decoder", "recover") and not args.out:
         raise SystemExit(f"error: {args.stage} needs --out (the bundle folder)")
     {"ae": stage_ae, "unet": stage_unet, "sample": stage_sample, "export": stage_export, "atp-bench": stage_atp_bench,
-     "recover": stage_recover}[args.stage](args)
+     "recover": stage_recover, "decoder": stage_decoder, "export-decoder": stage_export_decoder}[args.stage](args)
 
 
 if __name__ == "__main__":

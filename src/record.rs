@@ -67,6 +67,9 @@ pub struct FrameRecord {
     /// no overlay yet); absent for a camera whose map reference uses no bank.
     #[serde(default)]
     pub overlay_version: Option<u64>,
+    /// The camera's recipe that inspected this frame (absent for a camera without recipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
     /// The drift alarms of the camera in force when this record was written (`brightness`,
     /// `contrast`, `sharpness`, `score`); empty while none fires. Never changes a verdict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -93,6 +96,8 @@ pub struct Origin {
     pub run_id: String,
     /// The feedback overlay version in force (`None`: the camera uses no bank).
     pub overlay_version: Option<u64>,
+    /// The camera's active recipe (`None`: the camera has no recipes).
+    pub recipe: Option<String>,
 }
 
 fn ms_since_epoch(t: SystemTime) -> f64 {
@@ -127,6 +132,7 @@ impl FrameRecord {
             glad_version: GLAD_VERSION.to_string(),
             run_id: o.run_id,
             overlay_version: o.overlay_version,
+            recipe: o.recipe,
             drift: Vec::new(),
         }
     }

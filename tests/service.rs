@@ -118,6 +118,7 @@ fn record(camera: &str, seq: u64, score: Option<f32>) -> FrameRecord {
         glad_version: "0".into(),
         run_id: String::new(),
         overlay_version: None,
+        recipe: None,
         drift: Vec::new(),
     }
 }

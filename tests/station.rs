@@ -550,6 +550,7 @@ fn result(seq: u64, img: &RgbImage, ng: bool) -> FrameResult {
         glad_version: "0".into(),
         run_id: String::new(),
         overlay_version: None,
+        recipe: None,
         drift: Vec::new(),
     };
     FrameResult { record: Arc::new(rec), input: Some(Arc::new(img.clone())), heatmap: Some(Arc::new(img.clone())) }

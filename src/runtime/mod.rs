@@ -38,6 +38,23 @@ pub struct RuntimeConfig {
     pub execution: ProvidersConfig,
     /// Where the min-cosine maps and the ADP score run: rust | onnx | auto (see [`Scoring`]).
     pub scoring: Scoring,
+    /// ONNX Runtime's memory plan per session: `fast` or `lean` (see [`MemoryMode`]).
+    pub memory: MemoryMode,
+}
+
+/// How a session plans its memory on the CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMode {
+    /// ONNX Runtime's defaults: a growing CPU arena that keeps its peak, a memory pattern
+    /// planned per input shape, weights pre-packed for the GEMM kernels (a second copy).
+    #[default]
+    Fast,
+    /// For devices whose memory is short (a Jetson shares 8-16 GB between CPU and GPU): no
+    /// CPU arena and no memory pattern (each tensor is freed when its last reader is done),
+    /// and no pre-packed weight copies. Peak memory and speed are measured in README
+    /// "Performance".
+    Lean,
 }
 
 impl RuntimeConfig {
@@ -50,16 +67,16 @@ impl RuntimeConfig {
     }
 
     pub fn load_model(&self, role: &str, path: &std::path::Path) -> anyhow::Result<Model> {
-        Model::load(role, path, &self.execution, self.library.as_deref(), self.threads())
+        Model::load(role, path, &self.execution, self.library.as_deref(), self.threads(), self.memory)
     }
 
     /// The scoring graphs (`runtime.scoring`), on this config's execution provider.
     pub fn load_scoring(&self) -> anyhow::Result<ScoringGraphs> {
-        ScoringGraphs::load(&scoring_dir()?, &self.execution, self.library.as_deref(), self.threads())
+        ScoringGraphs::load(&scoring_dir()?, &self.execution, self.library.as_deref(), self.threads(), self.memory)
     }
 
     /// As [`RuntimeConfig::load_model`], with the model's TensorRT optimisation profile.
     pub fn load_model_with_profile(&self, role: &str, path: &std::path::Path, profile: Option<&TrtProfile>) -> anyhow::Result<Model> {
-        Model::load_with_profile(role, path, &self.execution, self.library.as_deref(), self.threads(), profile)
+        Model::load_with_profile(role, path, &self.execution, self.library.as_deref(), self.threads(), self.memory, profile)
     }
 }

@@ -129,8 +129,15 @@ fn dtype_name(t: Option<TensorElementType>) -> &'static str {
 
 impl Model {
     /// Loads `path` for the bundle role `role` (used in every message about this model).
-    pub fn load(role: &str, path: &Path, providers_cfg: &ProvidersConfig, library: Option<&Path>, threads: usize) -> Result<Model> {
-        Self::load_with_profile(role, path, providers_cfg, library, threads, None)
+    pub fn load(
+        role: &str,
+        path: &Path,
+        providers_cfg: &ProvidersConfig,
+        library: Option<&Path>,
+        threads: usize,
+        memory: super::MemoryMode,
+    ) -> Result<Model> {
+        Self::load_with_profile(role, path, providers_cfg, library, threads, memory, None)
     }
 
     /// As [`Model::load`], with the TensorRT optimisation profile for this model (used only
@@ -141,6 +148,7 @@ impl Model {
         providers_cfg: &ProvidersConfig,
         library: Option<&Path>,
         threads: usize,
+        memory: super::MemoryMode,
         profile: Option<&TrtProfile>,
     ) -> Result<Model> {
         if path.is_dir() {
@@ -151,7 +159,16 @@ impl Model {
         }
         let env = super::environment(library, threads)?;
         let mut builder = Session::builder(env).map_err(ort_err)?.with_optimization_level(GraphOptimizationLevel::All).map_err(ort_err)?;
+        if memory == super::MemoryMode::Lean {
+            builder = builder.with_memory_pattern(false).map_err(ort_err)?;
+            builder = builder.with_config_entry("session.disable_prepacking", "1").map_err(ort_err)?;
+        }
         let provider = providers::register(providers_cfg, &mut builder, role, path, profile)?;
+        if memory == super::MemoryMode::Lean {
+            // Registered last: the CPU provider takes what the others leave, without an arena.
+            use ort::ep::ExecutionProvider as _;
+            ort::ep::CPU::default().with_arena_allocator(false).register(&mut builder).map_err(ort_err)?;
+        }
         let session = builder.commit_from_file(path).map_err(|e| anyhow!("{role}: cannot load {}: {e}", path.display()))?;
         let spec = |o: &ort::value::Outlet| TensorSpec {
             name: o.name().to_string(),

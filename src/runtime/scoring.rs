@@ -94,8 +94,14 @@ fn vec1(a: ndarray::ArrayD<f32>, want: usize, what: &str) -> Result<Vec<f32>> {
 
 impl ScoringGraphs {
     /// Loads both graphs from `dir` on the execution provider of `cfg`.
-    pub fn load(dir: &Path, cfg: &ProvidersConfig, library: Option<&Path>, threads: usize) -> Result<ScoringGraphs> {
-        let load = |role: &str, file: &str| Model::load(role, &dir.join(file), cfg, library, threads);
+    pub fn load(
+        dir: &Path,
+        cfg: &ProvidersConfig,
+        library: Option<&Path>,
+        threads: usize,
+        memory: super::MemoryMode,
+    ) -> Result<ScoringGraphs> {
+        let load = |role: &str, file: &str| Model::load(role, &dir.join(file), cfg, library, threads, memory);
         Ok(ScoringGraphs { cosine: load("scoring_cosine_maps", COSINE_MAPS)?, adp: load("scoring_adp_score", ADP_SCORE)? })
     }
 

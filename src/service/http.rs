@@ -15,6 +15,8 @@
 //! | `GET /api/results?camera=&since=&limit=` | recent records, oldest first |
 //! | `GET /latest/<camera>.jpg`, `/latest/<camera>/heatmap.png` | the latest frame and heatmap |
 //! | `POST /api/trigger/<camera>` | `Authorization: Bearer <token>`: inspect the next frame |
+//! | `GET /api/recipe` | every camera's recipes and the active one |
+//! | `PUT /api/recipe` | bearer token; `{camera, recipe}` or `{camera, number}`: switch the recipe |
 //!
 //! A camera name from a URL is only ever a key into the state's camera map.
 
@@ -374,6 +376,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/latest/{camera}", get(latest_frame))
         .route("/latest/{camera}/heatmap.png", get(latest_heatmap))
         .route("/api/trigger/{camera}", post(trigger))
+        .route("/api/recipe", get(recipe_list).put(recipe_put))
         .route("/api/feedback", post(feedback_post).get(feedback_list))
         .route("/api/feedback/{version}", axum::routing::delete(feedback_delete))
         .route("/review", get(page_review))
@@ -541,6 +544,7 @@ async fn cameras(State(app): Shared) -> Response {
                 "has_heatmap": latest.as_ref().is_some_and(|l| l.heatmap.is_some()),
                 "latest": latest.as_ref().map(|l| l.record.as_ref()),
                 "drift": st.drift(&c.name),
+                "recipe": st.recipes.view(&c.name),
             })
         })
         .collect();
@@ -768,6 +772,48 @@ async fn feedback_delete(State(app): Shared, UrlPath(version): UrlPath<String>, 
         Err(_) => {
             error(StatusCode::BAD_REQUEST, format!("path `/api/feedback/<version>`: expected an overlay version number, got `{version}`"))
         }
+    }
+}
+
+async fn recipe_list(State(app): Shared) -> Response {
+    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Json(json!({ "cameras": app.state.recipes.all() }))).into_response()
+}
+
+/// The body of `PUT /api/recipe`: the recipe by name or by number (from 1, as the PLC's register).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeBody {
+    camera: String,
+    #[serde(default)]
+    recipe: Option<String>,
+    #[serde(default)]
+    number: Option<u64>,
+}
+
+async fn recipe_put(State(app): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    use crate::telemetry::recipe::RecipeError;
+    if let Some(refused) = authorize(&app, &headers) {
+        return refused;
+    }
+    let b: RecipeBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: expected JSON {{camera, recipe}} or {{camera, number}}: {e}")),
+    };
+    if !app.state.cameras.contains_key(&b.camera) {
+        return error(StatusCode::NOT_FOUND, format!("field `camera`: unknown camera `{}`", b.camera));
+    }
+    let r = &app.state.recipes;
+    let switched = match (&b.recipe, b.number) {
+        (Some(name), None) => r.select(&b.camera, name, "http"),
+        (None, Some(n)) => r.select_number(&b.camera, n, "http"),
+        _ => return error(StatusCode::BAD_REQUEST, "body: set exactly one of `recipe` (a name) and `number` (from 1)"),
+    };
+    match switched {
+        Ok(view) => {
+            (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Json(json!({ "camera": b.camera, "recipe": view }))).into_response()
+        }
+        Err(e @ RecipeError::NoRecipes(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 

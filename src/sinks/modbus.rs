@@ -14,13 +14,19 @@
 //! | 6 | results of this camera (wrapping counter; changes with every record) |
 //! | 7 | frames dropped before the last record (clamped to 65535) |
 //! | 8 | drift alarms, one bit each: 0 brightness, 1 contrast, 2 sharpness, 3 score (0: none) |
-//! | 9..15 | reserved, read 0 |
+//! | 9 | the active recipe's number (1..=n, its place in `cameras[i].recipes`; 0: no recipes); **writable** |
+//! | 10..15 | reserved, read 0 |
 //!
 //! Coil `i` is the camera's trigger: the PLC writes 1, glad fires `Triggers::fire(camera)`
 //! and clears the coil when the camera's next record arrives. Writing 1 to a coil that is
-//! still set fires nothing more; writing 0 only clears the coil. Writes to anything else are
-//! refused: register writes and coils outside the map with `IllegalDataAddress` (0x02), other
-//! functions with `IllegalFunction` (0x01). Reads outside the map get `IllegalDataAddress`.
+//! still set fires nothing more; writing 0 only clears the coil.
+//!
+//! Register 9 of a block selects the camera's recipe (FC 6, or FC 16 over that one register):
+//! the next frame the station takes is inspected under it and its record names it. A number
+//! outside 1..=n, or a write to a camera without recipes, is refused with `IllegalDataValue`
+//! (0x03) and a warning in the log. Writes to anything else are refused: register writes and
+//! coils outside the map with `IllegalDataAddress` (0x02), other functions with
+//! `IllegalFunction` (0x01). Reads outside the map get `IllegalDataAddress`.
 
 use std::collections::HashMap;
 use std::future::{ready, Ready};
@@ -50,6 +56,8 @@ pub const REG_COUNT: usize = 6;
 pub const REG_DROPPED: usize = 7;
 /// Drift alarms of the camera, one bit each: 0 brightness, 1 contrast, 2 sharpness, 3 score.
 pub const REG_DRIFT: usize = 8;
+/// The active recipe's number (from 1; 0: the camera has no recipes); the PLC writes it to switch.
+pub const REG_RECIPE: usize = 9;
 
 /// The bits of `REG_DRIFT` for a record's drift alarms.
 pub fn drift_bits(alarms: &[String]) -> u16 {
@@ -135,6 +143,13 @@ struct Service {
 impl Service {
     fn handle(&self, req: Request<'static>) -> Result<Response, ExceptionCode> {
         let mut map = self.map.lock().expect("modbus map lock");
+        // The recipe registers show the switch in force, whoever made it (PLC, HTTP, reload).
+        if let Some(state) = &self.state {
+            for i in 0..map.cameras.len() {
+                let n = state.recipes.view(&map.cameras[i]).map_or(0, |v| v.number.min(u16::MAX as usize) as u16);
+                map.regs[i * BLOCK + REG_RECIPE] = n;
+            }
+        }
         match req {
             Request::ReadHoldingRegisters(a, n) => {
                 let r = Map::range(map.regs.len(), a, n, 125)?;
@@ -164,11 +179,37 @@ impl Service {
                 }
                 Ok(Response::WriteMultipleCoils(a, vs.len() as u16))
             }
+            Request::WriteSingleRegister(a, v) if a as usize % BLOCK == REG_RECIPE && (a as usize) < map.regs.len() => {
+                self.select_recipe(&mut map, a as usize, v)?;
+                Ok(Response::WriteSingleRegister(a, v))
+            }
+            Request::WriteMultipleRegisters(a, ref vs)
+                if vs.len() == 1 && a as usize % BLOCK == REG_RECIPE && (a as usize) < map.regs.len() =>
+            {
+                self.select_recipe(&mut map, a as usize, vs[0])?;
+                Ok(Response::WriteMultipleRegisters(a, 1))
+            }
             Request::WriteSingleRegister(..)
             | Request::WriteMultipleRegisters(..)
             | Request::MaskWriteRegister(..)
             | Request::ReadWriteMultipleRegisters(..) => Err(ExceptionCode::IllegalDataAddress),
             _ => Err(ExceptionCode::IllegalFunction),
+        }
+    }
+
+    /// The PLC's recipe switch: register `addr` (a block's `REG_RECIPE`) gets `number`.
+    fn select_recipe(&self, map: &mut Map, addr: usize, number: u16) -> Result<(), ExceptionCode> {
+        let camera = map.cameras[addr / BLOCK].clone();
+        let Some(state) = &self.state else { return Err(ExceptionCode::IllegalDataValue) };
+        match state.recipes.select_number(&camera, u64::from(number), "modbus") {
+            Ok(view) => {
+                map.regs[addr] = view.number as u16;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(camera, number, error = %e, "modbus: recipe write refused");
+                Err(ExceptionCode::IllegalDataValue)
+            }
         }
     }
 

@@ -333,6 +333,8 @@ pub struct CameraConfig {
     pub name: String,
     pub source: SourceConfig,
     /// Bundle folder; cameras with the same bundle, preset and `glad` share one engine.
+    /// May be left out when every recipe names its own.
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub bundle: PathBuf,
     #[serde(default)]
     pub preset: Option<String>,
@@ -364,6 +366,38 @@ pub struct CameraConfig {
     /// Inspect only when triggered (PLC, `POST /api/trigger`).
     #[serde(default)]
     pub trigger: bool,
+    /// The parts this camera inspects, one recipe each; one is active at a time (`active`, the
+    /// PLC's register, `PUT /api/recipe`). Keys a recipe leaves out are the camera's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<RecipeConfig>,
+    /// The recipe active at start (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// One of a camera's recipes: what changes between the parts it inspects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeConfig {
+    /// Letters, digits, - and _ (records, `PUT /api/recipe`, the feedback dataset's folders).
+    pub name: String,
+    #[serde(default)]
+    pub bundle: Option<PathBuf>,
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// Layered over the camera's `glad`.
+    #[serde(default)]
+    pub glad: ParamOverrides,
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    #[serde(default)]
+    pub calibration: Option<PathBuf>,
+    #[serde(default)]
+    pub roi: Option<Roi>,
 }
 
 fn default_max_age() -> f64 {
@@ -374,6 +408,43 @@ fn default_queue() -> usize {
 }
 
 impl CameraConfig {
+    /// The camera as it inspects under each of its recipes (`None`: it has none): one
+    /// flattened config per recipe, the recipe's keys over the camera's, no `recipes` left.
+    pub fn recipe_views(&self) -> Vec<(Option<String>, CameraConfig)> {
+        if self.recipes.is_empty() {
+            return vec![(None, self.clone())];
+        }
+        self.recipes.iter().map(|r| (Some(r.name.clone()), self.with_recipe(r))).collect()
+    }
+
+    fn with_recipe(&self, r: &RecipeConfig) -> CameraConfig {
+        let mut c = self.clone();
+        c.recipes = Vec::new();
+        c.active = None;
+        if let Some(b) = &r.bundle {
+            c.bundle = b.clone();
+        }
+        if r.preset.is_some() {
+            c.preset = r.preset.clone();
+        }
+        c.glad = self.glad.merged(&r.glad);
+        // A recipe's own threshold or calibration replaces both of the camera's (the verdict
+        // rule is resolved per recipe, against the recipe's bundle).
+        if r.threshold.is_some() || r.calibration.is_some() {
+            c.threshold = r.threshold;
+            c.calibration = r.calibration.clone();
+        }
+        if r.roi.is_some() {
+            c.roi = r.roi;
+        }
+        c
+    }
+
+    /// The index of the recipe active at start (0 without recipes).
+    pub fn active_recipe(&self) -> usize {
+        self.active.as_ref().and_then(|a| self.recipes.iter().position(|r| &r.name == a)).unwrap_or(0)
+    }
+
     /// The key that decides engine sharing.
     pub fn engine_key(&self) -> String {
         format!("{}|{:?}|{}", self.bundle.display(), self.preset, serde_json::to_string(&self.glad).unwrap_or_default())
@@ -428,13 +499,13 @@ impl StationConfig {
     /// The engine recipe of camera `i` (`engine::EngineSpec`: the same layering, noise and
     /// threshold rules as `glad inspect`). Its threshold is resolved per camera
     /// (`CamSettings`), so the spec carries none.
-    pub fn engine_spec(&self, i: usize) -> EngineSpec {
-        let c = &self.cameras[i];
+    /// `c` is camera `i` under one of its recipes (`CameraConfig::recipe_views`).
+    pub fn engine_spec(&self, i: usize, c: &CameraConfig) -> EngineSpec {
         EngineSpec {
             bundle_dir: c.bundle.clone(),
             runtime: self.runtime.clone(),
             preset: c.preset.clone(),
-            layers: vec![(format!("station config: key `cameras[{i}].glad.{{}}`"), c.glad.clone())],
+            layers: vec![(format!("station config: key `cameras[{i}].glad.{{}}` (or its recipe's)"), c.glad.clone())],
             noise: self.noise.clone(),
             verdict: VerdictSpec::default(),
         }
@@ -528,17 +599,48 @@ impl StationConfig {
                     }
                 }
             }
-            if let Some(t) = c.threshold {
-                ck.named(check::threshold(&format!("key `{}`", k("threshold")), t))?;
+            let mut recipe_names = BTreeSet::new();
+            for (j, r) in c.recipes.iter().enumerate() {
+                let rk = k(&format!("recipes[{j}].name"));
+                if r.name.is_empty() || r.name.len() > 64 || !r.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                {
+                    return Err(ck.fail(&rk, format!("`{}`: 1 to 64 letters, digits, - and _", r.name)));
+                }
+                if !recipe_names.insert(r.name.clone()) {
+                    return Err(ck.fail(&rk, format!("recipe `{}` is defined twice", r.name)));
+                }
+                if r.bundle.is_none() && c.bundle.as_os_str().is_empty() {
+                    return Err(ck.fail(&k(&format!("recipes[{j}].bundle")), "required (or set the camera's `bundle`)"));
+                }
+            }
+            if c.recipes.is_empty() && c.bundle.as_os_str().is_empty() {
+                return Err(ck.fail(&k("bundle"), "required (a bundle folder)"));
+            }
+            if let Some(a) = &c.active {
+                if !recipe_names.contains(a) {
+                    let known: Vec<&str> = c.recipes.iter().map(|r| r.name.as_str()).collect();
+                    return Err(ck.fail(&k("active"), format!("no recipe `{a}` (recipes: {})", known.join(", "))));
+                }
+            }
+            for (j, (_, view)) in c.recipe_views().iter().enumerate() {
+                // The camera's own keys, then each recipe's; errors name where the value came from.
+                let at = |key: &str| if c.recipes.is_empty() { k(key) } else { k(&format!("recipes[{j}].{key} (or the camera's)")) };
+                if let Some(t) = view.threshold {
+                    ck.named(check::threshold(&format!("key `{}`", at("threshold")), t))?;
+                }
+                if let Some(roi) = view.roi {
+                    ck.int(&at("roi.width"), roi.width as u64, 1, 16384)?;
+                    ck.int(&at("roi.height"), roi.height as u64, 1, 16384)?;
+                    ck.int(&at("roi.x"), roi.x as u64, 0, 16384)?;
+                    ck.int(&at("roi.y"), roi.y as u64, 0, 16384)?;
+                }
+                if let Some(p) = &view.preset {
+                    crate::config::preset(p).map_err(|e| ck.fail(&at("preset"), format!("{e:#}")))?;
+                }
+                view.load_calibration().map_err(|e| ck.fail(&at("calibration"), format!("{e:#}")))?;
             }
             ck.num(&k("max_age_ms"), c.max_age_ms, 1.0, 3_600_000.0)?;
             ck.int(&k("queue"), c.queue as u64, 1, 100_000)?;
-            if let Some(roi) = c.roi {
-                ck.int(&k("roi.width"), roi.width as u64, 1, 16384)?;
-                ck.int(&k("roi.height"), roi.height as u64, 1, 16384)?;
-                ck.int(&k("roi.x"), roi.x as u64, 0, 16384)?;
-                ck.int(&k("roi.y"), roi.y as u64, 0, 16384)?;
-            }
             if let Some(f) = c.max_fps {
                 ck.num(&k("max_fps"), f, 0.001, 10_000.0)?;
             }
@@ -548,10 +650,6 @@ impl StationConfig {
             if c.max_fps.is_some() && c.every_nth.is_some() {
                 return Err(ck.fail(&k("max_fps"), "set max_fps or every_nth, not both"));
             }
-            if let Some(p) = &c.preset {
-                crate::config::preset(p).map_err(|e| ck.fail(&k("preset"), format!("{e:#}")))?;
-            }
-            c.load_calibration().map_err(|e| ck.fail(&k("calibration"), format!("{e:#}")))?;
         }
         if self.name.trim().is_empty() || self.name.len() > 64 {
             return Err(ck.fail("name", "a station name of 1 to 64 characters"));

@@ -50,8 +50,19 @@ impl BankSlot {
     }
 }
 
+/// The key of a camera's overlay, labelled frames and drift reference: the camera's name, or
+/// `<camera>.<recipe>` under a recipe (names hold no `.`), since each recipe is another part.
+pub fn feedback_key(camera: &str, recipe: Option<&str>) -> String {
+    match recipe {
+        Some(r) => format!("{camera}.{r}"),
+        None => camera.to_string(),
+    }
+}
+
 /// Work for a camera's engine thread: the final-map backbone patches of a frame, per layer.
 pub struct TokenJob {
+    /// Which of the thread's engines (the recipe's).
+    pub engine: String,
     pub image: Arc<RgbImage>,
     pub reply: Sender<Result<Vec<Array2<f32>>>>,
 }
@@ -62,6 +73,8 @@ pub struct CameraFeedback {
     pub base: Option<Arc<FeatureBank>>,
     pub bundle_hash: String,
     pub slot: Arc<BankSlot>,
+    /// The engine (of the camera's engine thread) the recipe inspects with.
+    pub engine: String,
     /// The camera's engine thread, and its wake-up.
     pub jobs: Sender<TokenJob>,
     pub wake: Sender<()>,
@@ -72,6 +85,7 @@ pub struct CameraFeedback {
 pub struct Entry {
     /// The overlay version this feedback made (`DELETE /api/feedback/<version>` undoes it).
     pub version: u64,
+    /// The camera's feedback key (`feedback_key`: `<camera>.<recipe>` under a recipe).
     pub camera: String,
     pub run_id: String,
     pub seq: u64,
@@ -166,7 +180,13 @@ impl Overlays {
 
     /// Adds a frame's patches; evicts the camera's oldest feedback beyond the budget.
     /// Returns the new version and the evicted versions.
-    fn add(&mut self, id: &FrameId, bundle_hash: &str, layers: Vec<Array2<f32>>) -> std::result::Result<(u64, Vec<u64>), Refusal> {
+    fn add(
+        &mut self,
+        key: &str,
+        id: &FrameId,
+        bundle_hash: &str,
+        layers: Vec<Array2<f32>>,
+    ) -> std::result::Result<(u64, Vec<u64>), Refusal> {
         let patches = layers.iter().map(|l| l.nrows()).max().unwrap_or(0);
         if patches > self.max_patches {
             return Err(Refusal::new(
@@ -181,7 +201,7 @@ impl Overlays {
         self.tokens.insert(version, layers);
         self.index.entries.push(Entry {
             version,
-            camera: id.camera.clone(),
+            camera: key.to_string(),
             run_id: id.run_id.clone(),
             seq: id.seq,
             bundle_hash: bundle_hash.to_string(),
@@ -189,13 +209,13 @@ impl Overlays {
             t_ms: now_ms(),
         });
         let mut evicted = Vec::new();
-        while self.patches(&id.camera) > self.max_patches {
-            let oldest = self.index.entries.iter().find(|e| e.camera == id.camera).map(|e| e.version).expect("over budget: entries");
+        while self.patches(key) > self.max_patches {
+            let oldest = self.index.entries.iter().find(|e| e.camera == key).map(|e| e.version).expect("over budget: entries");
             self.remove(oldest);
             evicted.push(oldest);
         }
         self.index.version = version;
-        self.index.cameras.insert(id.camera.clone(), version);
+        self.index.cameras.insert(key.to_string(), version);
         self.save_index().map_err(|e| Refusal::new(500, format!("{e:#}")))?;
         Ok((version, evicted))
     }
@@ -274,8 +294,9 @@ impl FeedbackLoop {
         self.state.feedback.close();
     }
 
-    fn frame(&self, id: &FrameId) -> std::result::Result<FrameResult, Refusal> {
-        if !self.cams.contains_key(&id.camera) {
+    /// The kept frame and its feedback key (camera, and recipe when it has one).
+    fn frame(&self, id: &FrameId) -> std::result::Result<(String, FrameResult), Refusal> {
+        if !self.state.cameras.contains_key(&id.camera) {
             return Err(Refusal::new(404, format!("field `camera`: unknown camera `{}`", id.camera)));
         }
         let r = self
@@ -294,7 +315,14 @@ impl FeedbackLoop {
         if !r.record.ok || r.input.is_none() {
             return Err(Refusal::new(409, format!("frame {} of camera `{}` failed inspection: nothing to learn from", id.seq, id.camera)));
         }
-        Ok(r)
+        let key = feedback_key(&id.camera, r.record.recipe.as_deref());
+        if !self.cams.contains_key(&key) {
+            return Err(Refusal::new(
+                409,
+                format!("frame {} of camera `{}` was inspected under a recipe this run does not have", id.seq, id.camera),
+            ));
+        }
+        Ok((key, r))
     }
 
     fn handle(&mut self, action: Action) -> Answer {
@@ -321,23 +349,25 @@ impl FeedbackLoop {
 
     fn good(&mut self, id: &FrameId) -> Answer {
         let t0 = Instant::now();
-        let r = self.frame(id)?;
+        let (key, r) = self.frame(id)?;
         let input = r.input.clone().expect("checked");
-        let path = self.dataset.join(&id.camera).join("train").join("good").join(format!("{}.png", stem(&r)));
+        let path = self.dataset.join(&key).join("train").join("good").join(format!("{}.png", stem(&r)));
         imaging::save_png(&input, &path).map_err(io_refusal)?;
-        let label = FeedbackLabel { camera: id.camera.clone(), label: "good".into() };
+        let label = FeedbackLabel { camera: key.clone(), label: "good".into() };
         self.state.metrics.feedback.get_or_create(&label).inc();
-        let cam = &self.cams[&id.camera];
+        let cam = &self.cams[&key];
         if cam.base.is_none() {
-            tracing::info!(camera = %id.camera, seq = id.seq, "feedback good: kept the frame; the camera uses no bank");
+            tracing::info!(camera = %key, seq = id.seq, "feedback good: kept the frame; the camera uses no bank");
             return Ok(json!({
                 "applies": false,
-                "reason": format!("camera `{}` scores against its reconstruction (glad.reference: reconstruction): a feature-bank overlay does not apply; the frame is kept", id.camera),
+                "reason": format!("camera `{key}` scores against its reconstruction (glad.reference: reconstruction): a feature-bank overlay does not apply; the frame is kept"),
                 "filed": { "input": path },
             }));
         }
         let (tx, rx) = bounded(1);
-        cam.jobs.try_send(TokenJob { image: input, reply: tx }).map_err(|_| Refusal::new(429, "the engine has feedback waiting"))?;
+        cam.jobs
+            .try_send(TokenJob { engine: cam.engine.clone(), image: input, reply: tx })
+            .map_err(|_| Refusal::new(429, "the engine has feedback waiting"))?;
         let _ = cam.wake.try_send(());
         let layers = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(Ok(l)) => l,
@@ -345,10 +375,10 @@ impl FeedbackLoop {
             Err(_) => return Err(Refusal::new(503, "the engine did not compute the frame's patches in time")),
         };
         let bundle_hash = cam.bundle_hash.clone();
-        let (version, evicted) = self.overlays.add(id, &bundle_hash, layers)?;
-        self.publish(&id.camera);
-        let patches = self.overlays.patches(&id.camera);
-        tracing::info!(camera = %id.camera, seq = id.seq, overlay_version = version, patches, ?evicted, ms = t0.elapsed().as_secs_f64() * 1e3, "feedback good: overlay updated");
+        let (version, evicted) = self.overlays.add(&key, id, &bundle_hash, layers)?;
+        self.publish(&key);
+        let patches = self.overlays.patches(&key);
+        tracing::info!(camera = %key, seq = id.seq, overlay_version = version, patches, ?evicted, ms = t0.elapsed().as_secs_f64() * 1e3, "feedback good: overlay updated");
         Ok(json!({
             "applies": true,
             "version": version,
@@ -360,9 +390,9 @@ impl FeedbackLoop {
     }
 
     fn defect(&mut self, id: &FrameId, label: &str) -> Answer {
-        let r = self.frame(id)?;
+        let (key, r) = self.frame(id)?;
         let s = stem(&r);
-        let cam_dir = self.dataset.join(&id.camera);
+        let cam_dir = self.dataset.join(&key);
         let input = cam_dir.join("test").join(label).join(format!("{s}.png"));
         imaging::save_png(r.input.as_ref().expect("checked"), &input).map_err(io_refusal)?;
         let side = cam_dir.join("feedback").join(label);
@@ -373,9 +403,9 @@ impl FeedbackLoop {
         let record = side.join(format!("{s}.json"));
         let bytes = serde_json::to_vec_pretty(r.record.as_ref()).map_err(|e| Refusal::new(500, e.to_string()))?;
         imaging::write_atomic(&record, &bytes).map_err(io_refusal)?;
-        let l = FeedbackLabel { camera: id.camera.clone(), label: "defect".into() };
+        let l = FeedbackLabel { camera: key.clone(), label: "defect".into() };
         self.state.metrics.feedback.get_or_create(&l).inc();
-        tracing::info!(camera = %id.camera, seq = id.seq, label, "feedback defect: frame filed");
+        tracing::info!(camera = %key, seq = id.seq, label, "feedback defect: frame filed");
         Ok(json!({ "filed": { "input": input, "heatmap": r.heatmap.as_ref().map(|_| heatmap), "record": record } }))
     }
 }

@@ -2,7 +2,7 @@
 //! one-slot mailbox or a lossless bounded queue), one batcher + engine thread per group of
 //! cameras sharing an engine, and one output thread (image store, state, metrics, sinks).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,7 +15,7 @@ use image::RgbImage;
 use ndarray::{Array3, Array4, Axis};
 
 use super::config::{ms, CameraConfig, Policy, Roi, SourceConfig, StationConfig};
-use super::feedback::{frame_patches, BankSlot, CameraFeedback, FeedbackLoop, Overlays, TokenJob};
+use super::feedback::{feedback_key, frame_patches, BankSlot, CameraFeedback, FeedbackLoop, Overlays, TokenJob};
 use crate::config::Calibration;
 use crate::engine::{resolve_verdict, Engine, EngineFacts, NoiseSource, VerdictRule, VerdictSpec};
 use crate::files;
@@ -88,40 +88,65 @@ struct Cam {
     name: String,
     policy: Policy,
     trigger: bool,
-    settings: RwLock<CamSettings>,
     /// A frame with the number of this camera's frames dropped just before it.
     live: Mutex<Option<Queued>>,
     queue: (Sender<Queued>, Receiver<Queued>),
-    bundle_hash: String,
-    /// What the threshold rule needs to know about this camera's engine (for reloads).
-    facts: EngineFacts,
     /// This run of the station (records: `camera` + `run_id` + `seq` identify a frame).
     run_id: String,
     done: AtomicBool,
-    /// The bank this camera is scored against (the feedback overlay) and its version.
+    /// The camera under each of its recipes (exactly one, unnamed, without recipes).
+    recipes: Vec<CamRecipe>,
+    /// The active recipe's index, shared with `StationState::recipes` (which switches it).
+    active: Arc<AtomicUsize>,
+}
+
+/// A camera under one recipe: its engine, verdict rule and feedback overlay.
+struct CamRecipe {
+    name: Option<String>,
+    /// The engine (in the camera's group) that inspects under this recipe.
+    engine_key: String,
+    settings: RwLock<CamSettings>,
+    bundle_hash: String,
+    /// What the threshold rule needs to know about the recipe's engine (for reloads).
+    facts: EngineFacts,
+    /// The bank frames are scored against (the feedback overlay) and its version.
     slot: Arc<BankSlot>,
-    /// The camera's map reference uses a feature bank (`bank`, `union`).
+    /// The recipe's map reference uses a feature bank (`bank`, `union`).
     uses_bank: bool,
 }
 
 impl Cam {
-    /// What a record of `frame` carries, with the threshold in force now.
-    fn origin(&self, seq: u64, t_capture: SystemTime, dropped: u64) -> Origin {
-        self.origin_scored(seq, t_capture, dropped, self.slot.get().0)
+    /// The active recipe and its index.
+    fn recipe(&self) -> (usize, &CamRecipe) {
+        let i = self.active.load(Ordering::Acquire).min(self.recipes.len() - 1);
+        (i, &self.recipes[i])
     }
 
-    /// `origin` of a frame scored with overlay version `overlay`.
-    fn origin_scored(&self, seq: u64, t_capture: SystemTime, dropped: u64, overlay: u64) -> Origin {
-        let threshold = self.settings.read().expect("settings lock").threshold();
+    /// The active recipe's settings.
+    fn settings(&self) -> CamSettings {
+        self.recipe().1.settings.read().expect("settings lock").clone()
+    }
+
+    /// What a record of `frame` carries, with the recipe and threshold in force now.
+    fn origin(&self, seq: u64, t_capture: SystemTime, dropped: u64) -> Origin {
+        let (i, r) = self.recipe();
+        self.origin_scored(i, seq, t_capture, dropped, r.slot.get().0)
+    }
+
+    /// `origin` of a frame inspected under recipe `i` and scored with overlay version `overlay`.
+    fn origin_scored(&self, i: usize, seq: u64, t_capture: SystemTime, dropped: u64, overlay: u64) -> Origin {
+        let r = &self.recipes[i];
+        let threshold = r.settings.read().expect("settings lock").threshold();
         Origin {
             camera: self.name.clone(),
             seq,
             t_capture,
             dropped,
             threshold,
-            bundle_hash: self.bundle_hash.clone(),
+            bundle_hash: r.bundle_hash.clone(),
             run_id: self.run_id.clone(),
-            overlay_version: self.uses_bank.then_some(overlay),
+            overlay_version: r.uses_bank.then_some(overlay),
+            recipe: r.name.clone(),
         }
     }
 
@@ -187,8 +212,17 @@ pub struct StartOptions {
 pub use crate::bundle::content_hash as bundle_hash;
 
 fn error_record(cam: &Cam, seq: u64, t_capture: SystemTime, dropped: u64, kind: &str, message: &str) -> FrameResult {
-    let rec = FrameRecord::error(cam.origin(seq, t_capture, dropped), kind, message);
-    FrameResult { record: Arc::new(rec), input: None, heatmap: None }
+    failed(cam.origin(seq, t_capture, dropped), kind, message)
+}
+
+/// The error record of a frame taken under recipe `recipe`.
+fn error_record_in(cam: &Cam, recipe: usize, frame: &Frame, dropped: u64, kind: &str, message: &str) -> FrameResult {
+    let overlay = cam.recipes[recipe].slot.get().0;
+    failed(cam.origin_scored(recipe, frame.seq, frame.t_capture, dropped, overlay), kind, message)
+}
+
+fn failed(origin: Origin, kind: &str, message: &str) -> FrameResult {
+    FrameResult { record: Arc::new(FrameRecord::error(origin, kind, message)), input: None, heatmap: None }
 }
 
 /// Crops `roi` out of `img` (before the resize to the bundle resolution).
@@ -276,7 +310,7 @@ fn camera_thread(
                 if cam.trigger && !state.triggers.take(&name) {
                     return;
                 }
-                let admit = gate.admit(&cam.settings.read().expect("settings lock"), f.seq);
+                let admit = gate.admit(&cam.settings(), f.seq);
                 if !admit {
                     dropped += 1;
                     m.dropped.get_or_create(&label).inc();
@@ -342,6 +376,8 @@ fn camera_thread(
 
 struct Prepared {
     cam: Arc<Cam>,
+    /// The recipe the frame is inspected under (the one active when it was taken).
+    recipe: usize,
     frame: Frame,
     dropped: u64,
     crop: RgbImage,
@@ -350,7 +386,7 @@ struct Prepared {
 }
 
 fn worker_thread(
-    mut engine: Engine,
+    mut engines: BTreeMap<String, Engine>,
     noise: NoiseSource,
     group: Arc<Group>,
     state: Arc<StationState>,
@@ -360,13 +396,16 @@ fn worker_thread(
 ) {
     let m = &state.metrics;
     let beat = state.heartbeats.register(&component);
-    let r = engine.resolution();
     let window = ms(cfg.batch_window_ms);
     let mut rr = 0usize;
     loop {
         beat.beat();
         while let Ok(job) = group.jobs.1.try_recv() {
-            let _ = job.reply.send(frame_patches(&mut engine, &job.image));
+            let patches = match engines.get_mut(&job.engine) {
+                Some(engine) => frame_patches(engine, &job.image),
+                None => Err(anyhow::anyhow!("no engine `{}` in this group", job.engine)),
+            };
+            let _ = job.reply.send(patches);
         }
         // Gather: whatever is waiting now, then more within the batch window.
         let mut taken: Vec<(Arc<Cam>, Queued)> = Vec::new();
@@ -408,13 +447,15 @@ fn worker_thread(
         // Decode, crop, preprocess; stale frames and decode failures get error records.
         let mut batch: Vec<Prepared> = Vec::new();
         for (cam, (frame, dropped)) in taken {
-            let settings = cam.settings.read().expect("settings lock").clone();
+            let (recipe, rc) = cam.recipe();
+            let settings = rc.settings.read().expect("settings lock").clone();
+            let r = engines[&rc.engine_key].resolution();
             if cam.policy == Policy::Live {
                 let age = frame.age();
                 if age.as_secs_f64() * 1e3 > settings.max_age_ms {
                     m.errors.get_or_create(&ErrorLabel { camera: cam.name.clone(), kind: "stale".into() }).inc();
                     let msg = format!("frame is {:.0} ms old, max_age_ms is {}", age.as_secs_f64() * 1e3, settings.max_age_ms);
-                    let _ = out.send(error_record(&cam, frame.seq, frame.t_capture, dropped, "stale", &msg));
+                    let _ = out.send(error_record_in(&cam, recipe, &frame, dropped, "stale", &msg));
                     continue;
                 }
             }
@@ -424,28 +465,31 @@ fn worker_thread(
                     let tensor = imaging::preprocess(&crop, r);
                     let decode = t0.elapsed();
                     m.stage_seconds.get_or_create(&StageLabel { stage: "decode".into() }).observe(decode.as_secs_f64());
-                    batch.push(Prepared { cam, frame, dropped, crop, tensor, decode });
+                    batch.push(Prepared { cam, recipe, frame, dropped, crop, tensor, decode });
                 }
                 Err(e) => {
                     m.errors.get_or_create(&ErrorLabel { camera: cam.name.clone(), kind: "decode".into() }).inc();
-                    let _ = out.send(error_record(&cam, frame.seq, frame.t_capture, dropped, "decode", &format!("{e:#}")));
+                    let _ = out.send(error_record_in(&cam, recipe, &frame, dropped, "decode", &format!("{e:#}")));
                 }
             }
         }
         if batch.is_empty() {
             continue;
         }
-        // Cameras scored against different banks (feedback overlays) run as separate batches.
-        let mut subs: Vec<(Bank, Vec<Prepared>)> = Vec::new();
+        // Frames of other recipes' engines, or scored against other banks (feedback
+        // overlays), run as separate batches.
+        let mut subs: Vec<(String, Bank, Vec<Prepared>)> = Vec::new();
         for p in batch {
-            let bank = p.cam.slot.get();
-            match subs.iter_mut().find(|(b, _)| same_bank(&b.1, &bank.1)) {
-                Some((_, v)) => v.push(p),
-                None => subs.push((bank, vec![p])),
+            let rc = &p.cam.recipes[p.recipe];
+            let (key, bank) = (rc.engine_key.clone(), rc.slot.get());
+            match subs.iter_mut().find(|(k, b, _)| *k == key && same_bank(&b.1, &bank.1)) {
+                Some((_, _, v)) => v.push(p),
+                None => subs.push((key, bank, vec![p])),
             }
         }
-        for ((version, bank), batch) in subs {
-            run_batch(&mut engine, &noise, batch, bank.as_deref(), version, &state, &out, &component);
+        for (key, (version, bank), batch) in subs {
+            let engine = engines.get_mut(&key).expect("the recipe's engine is in its group");
+            run_batch(engine, &noise, batch, bank.as_deref(), version, &state, &out, &component);
             beat.beat();
         }
     }
@@ -488,7 +532,7 @@ fn run_batch(
     match result {
         Ok((inspections, times)) => {
             for (p, insp) in batch.into_iter().zip(inspections) {
-                let origin = p.cam.origin_scored(p.frame.seq, p.frame.t_capture, p.dropped, version);
+                let origin = p.cam.origin_scored(p.recipe, p.frame.seq, p.frame.t_capture, p.dropped, version);
                 let mut t = times_per_image(&times, b);
                 t.load_ms = p.decode.as_secs_f64() * 1e3;
                 let (lo, hi) = imaging::heat_range(&insp.map, origin.threshold);
@@ -502,7 +546,7 @@ fn run_batch(
             tracing::error!(component = %component, error = %msg, "inspection failed");
             for p in batch {
                 m.errors.get_or_create(&ErrorLabel { camera: p.cam.name.clone(), kind: "engine".into() }).inc();
-                let _ = out.send(error_record(&p.cam, p.frame.seq, p.frame.t_capture, p.dropped, "engine", &msg));
+                let _ = out.send(error_record_in(&p.cam, p.recipe, &p.frame, p.dropped, "engine", &msg));
             }
         }
     }
@@ -516,7 +560,7 @@ fn times_per_image(t: &crate::engine::StageTimes, b: usize) -> ImageTimes {
 /// Returns the camera's alarms in force.
 fn watch_drift(monitors: &mut BTreeMap<String, DriftMonitor>, state: &StationState, r: &FrameResult) -> Vec<String> {
     let rec = &r.record;
-    let Some(mon) = monitors.get_mut(&rec.camera) else { return Vec::new() };
+    let Some(mon) = monitors.get_mut(&feedback_key(&rec.camera, rec.recipe.as_deref())) else { return Vec::new() };
     if let (true, false, Some(input)) = (rec.ok, rec.is_ng(), &r.input) {
         let was = mon.status().armed;
         if let Some(alarms) = mon.observe(imaging::frame_stats(input), rec.score) {
@@ -596,10 +640,9 @@ fn output_thread(
     }
 }
 
-/// One engine and the cameras (indexes into the config) that share it.
+/// One loaded engine.
 struct LoadedEngine {
     engine: Engine,
-    cameras: Vec<usize>,
     facts: EngineFacts,
     bundle_hash: String,
 }
@@ -612,6 +655,13 @@ impl LoadedEngine {
             _ => self.engine.bank().cloned().map(Arc::new),
         }
     }
+}
+
+/// Cameras (indexes into the config) that share an engine thread, and the engines of all
+/// their recipes (cameras connected through a shared engine share the thread).
+struct LoadedGroup {
+    engines: BTreeMap<String, LoadedEngine>,
+    cameras: Vec<usize>,
 }
 
 /// The sinks of a station: the image store, then the others.
@@ -649,36 +699,65 @@ fn open_sinks(config: &StationConfig, state: &Arc<StationState>, opts: StartOpti
     Ok((store, sinks))
 }
 
-/// One engine per (bundle, preset, glad) group, built from the camera's `EngineSpec`, warmed
-/// up, and reported in the metrics.
-fn load_engines(config: &StationConfig, state: &StationState) -> Result<Vec<LoadedEngine>> {
-    let mut groups: BTreeMap<String, LoadedEngine> = BTreeMap::new();
+/// One engine per distinct (bundle, preset, glad) of every camera's every recipe, built from
+/// its `EngineSpec`, warmed up and reported in the metrics; grouped into engine threads.
+fn load_engines(config: &StationConfig, state: &StationState) -> Result<Vec<LoadedGroup>> {
+    let mut engines: BTreeMap<String, LoadedEngine> = BTreeMap::new();
     let mut hashes: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut groups: Vec<(BTreeSet<String>, Vec<usize>)> = Vec::new();
     for (i, c) in config.cameras.iter().enumerate() {
-        let key = c.engine_key();
-        if let Some(g) = groups.get_mut(&key) {
-            g.cameras.push(i);
-            continue;
+        let mut keys = BTreeSet::new();
+        for (recipe, view) in c.recipe_views() {
+            let key = view.engine_key();
+            keys.insert(key.clone());
+            if engines.contains_key(&key) {
+                continue;
+            }
+            let what = match &recipe {
+                Some(r) => format!("camera `{}`, recipe `{r}`", c.name),
+                None => format!("camera `{}`", c.name),
+            };
+            let t0 = Instant::now();
+            let mut engine = config.engine_spec(i, &view).engine().with_context(|| what.clone())?;
+            engine.warm_up().with_context(|| what.clone())?;
+            let secs = t0.elapsed().as_secs_f64();
+            tracing::info!(bundle = %view.bundle.display(), recipe = ?recipe, seconds = secs, params = ?engine.params, "engine loaded and warmed up");
+            let m = &state.metrics;
+            m.model_load_seconds.get_or_create(&ComponentLabel { component: format!("engine:{}", view.bundle.display()) }).set(secs);
+            for model in engine.bundle.models() {
+                let label =
+                    ModelLabel { model: model.role().to_string(), provider: model.provider().to_string(), precision: "fp32".into() };
+                m.model_info.get_or_create(&label).set(1);
+            }
+            if !hashes.contains_key(&view.bundle) {
+                hashes.insert(view.bundle.clone(), crate::bundle::content_hash(&view.bundle)?);
+            }
+            let facts = EngineFacts::of(&engine, &config.noise);
+            engines.insert(key, LoadedEngine { engine, facts, bundle_hash: hashes[&view.bundle].clone() });
         }
-        let t0 = Instant::now();
-        let spec = config.engine_spec(i);
-        let mut engine = spec.engine().with_context(|| format!("camera `{}`", c.name))?;
-        engine.warm_up().with_context(|| format!("camera `{}`", c.name))?;
-        let secs = t0.elapsed().as_secs_f64();
-        tracing::info!(bundle = %c.bundle.display(), seconds = secs, params = ?engine.params, "engine loaded and warmed up");
-        let m = &state.metrics;
-        m.model_load_seconds.get_or_create(&ComponentLabel { component: format!("engine:{}", c.bundle.display()) }).set(secs);
-        for model in engine.bundle.models() {
-            let label = ModelLabel { model: model.role().to_string(), provider: model.provider().to_string(), precision: "fp32".into() };
-            m.model_info.get_or_create(&label).set(1);
-        }
-        if !hashes.contains_key(&c.bundle) {
-            hashes.insert(c.bundle.clone(), crate::bundle::content_hash(&c.bundle)?);
-        }
-        let facts = EngineFacts::of(&engine, &config.noise);
-        groups.insert(key, LoadedEngine { engine, cameras: vec![i], facts, bundle_hash: hashes[&c.bundle].clone() });
+        // Cameras whose recipes share an engine join one group (one thread owns an engine).
+        let mut merged = (keys, vec![i]);
+        groups.retain(|g| {
+            if g.0.is_disjoint(&merged.0) {
+                return true;
+            }
+            merged.0.extend(g.0.iter().cloned());
+            merged.1.extend(g.1.iter().copied());
+            false
+        });
+        groups.push(merged);
     }
-    Ok(groups.into_values().collect())
+    Ok(groups
+        .into_iter()
+        .map(|(keys, mut cameras)| {
+            cameras.sort_unstable();
+            let engines = keys.into_iter().map(|k| {
+                let e = engines.remove(&k).expect("every key was loaded");
+                (k, e)
+            });
+            LoadedGroup { engines: engines.collect(), cameras }
+        })
+        .collect())
 }
 
 /// Every camera's source, opened before any thread starts (a bad replay folder fails start).
@@ -686,23 +765,45 @@ fn open_sources(config: &StationConfig) -> Result<Vec<Box<dyn FrameSource>>> {
     config.cameras.iter().map(|c| open_source(c).with_context(|| format!("camera `{}`", c.name))).collect()
 }
 
-/// A camera as the scheduler holds it, its threshold resolved against its engine.
-fn new_cam(c: &CameraConfig, loaded: &LoadedEngine, run_id: &str) -> Result<Cam> {
+/// A camera as the scheduler holds it, each recipe's threshold resolved against its engine;
+/// its recipes are registered with the station's state (which switches them).
+fn new_cam(c: &CameraConfig, group: &LoadedGroup, run_id: &str, state: &StationState) -> Result<Cam> {
+    let recipes = c
+        .recipe_views()
+        .into_iter()
+        .map(|(name, view)| {
+            let engine_key = view.engine_key();
+            let loaded = &group.engines[&engine_key];
+            let settings = CamSettings::from_config(&view, &loaded.facts)
+                .with_context(|| name.as_ref().map(|r| format!("recipe `{r}`")).unwrap_or_default())?;
+            Ok(CamRecipe {
+                name,
+                engine_key,
+                settings: RwLock::new(settings),
+                bundle_hash: loaded.bundle_hash.clone(),
+                facts: loaded.facts.clone(),
+                slot: Arc::new(BankSlot::default()),
+                uses_bank: loaded.engine.params.reference != MapReference::Reconstruction,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let active = if c.recipes.is_empty() {
+        Arc::new(AtomicUsize::new(0))
+    } else {
+        state.recipes.register(&c.name, c.recipes.iter().map(|r| r.name.clone()).collect(), c.active_recipe())
+    };
     Ok(Cam {
         name: c.name.clone(),
         // A triggered frame is a part that must be inspected: queued, never replaced in the
         // live mailbox (the trigger book bounds how many wait).
         policy: if c.trigger { Policy::Lossless } else { c.policy },
         trigger: c.trigger,
-        settings: RwLock::new(CamSettings::from_config(c, &loaded.facts)?),
         live: Mutex::new(None),
         queue: bounded(c.queue),
-        bundle_hash: loaded.bundle_hash.clone(),
-        facts: loaded.facts.clone(),
         run_id: run_id.to_string(),
         done: AtomicBool::new(false),
-        slot: Arc::new(BankSlot::default()),
-        uses_bank: loaded.engine.params.reference != MapReference::Reconstruction,
+        recipes,
+        active,
     })
 }
 
@@ -720,7 +821,7 @@ impl Station {
         let captured = Arc::new(AtomicU64::new(0));
         let recorded = Arc::new(AtomicU64::new(0));
         let active = Arc::new(AtomicUsize::new(config.cameras.len()));
-        let engines = groups.len();
+        let engines = groups.iter().map(|g| g.engines.len()).sum();
         let run_id = crate::record::new_run_id();
         tracing::info!(run_id = %run_id, "station run id (records: camera + run_id + seq identify a frame)");
         let mut cams = BTreeMap::new();
@@ -733,40 +834,45 @@ impl Station {
                 .cameras
                 .iter()
                 .map(|&i| {
-                    let cam = Arc::new(new_cam(&config.cameras[i], &loaded, &run_id)?);
+                    let c = &config.cameras[i];
+                    let cam = Arc::new(new_cam(c, &loaded, &run_id, &state).with_context(|| format!("camera `{}`", c.name))?);
                     cams.insert(cam.name.clone(), cam.clone());
                     Ok(cam)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let group = Arc::new(Group { cams: gcams, wake: bounded(1), jobs: bounded(4) });
-            let base = loaded.base_bank();
             for cam in &group.cams {
-                feedback_cams.insert(
-                    cam.name.clone(),
-                    CameraFeedback {
-                        base: base.clone(),
-                        bundle_hash: cam.bundle_hash.clone(),
-                        slot: cam.slot.clone(),
-                        jobs: group.jobs.0.clone(),
-                        wake: group.wake.0.clone(),
-                    },
-                );
-                if config.drift.enabled {
-                    let cal = cam.settings.read().expect("settings lock").calibration.clone();
-                    let normal = cal.map(|c| Spread { mean: f64::from(c.normal_mean), std: f64::from(c.normal_std) });
-                    monitors.insert(cam.name.clone(), DriftMonitor::new(config.drift.clone(), normal));
+                for r in &cam.recipes {
+                    let key = feedback_key(&cam.name, r.name.as_deref());
+                    feedback_cams.insert(
+                        key.clone(),
+                        CameraFeedback {
+                            base: loaded.engines[&r.engine_key].base_bank(),
+                            bundle_hash: r.bundle_hash.clone(),
+                            slot: r.slot.clone(),
+                            engine: r.engine_key.clone(),
+                            jobs: group.jobs.0.clone(),
+                            wake: group.wake.0.clone(),
+                        },
+                    );
+                    if config.drift.enabled {
+                        let cal = r.settings.read().expect("settings lock").calibration.clone();
+                        let normal = cal.map(|c| Spread { mean: f64::from(c.normal_mean), std: f64::from(c.normal_std) });
+                        monitors.insert(key, DriftMonitor::new(config.drift.clone(), normal));
+                    }
                 }
             }
             let noise = crate::engine::noise_source(&config.noise)?;
             let component = format!("engine:{gi}");
             let (g, st, out, cfg) = (group.clone(), state.clone(), out_tx.clone(), config.scheduler.clone());
-            let engine = loaded.engine;
+            let cam_indexes = loaded.cameras.clone();
+            let engines: BTreeMap<String, Engine> = loaded.engines.into_iter().map(|(k, e)| (k, e.engine)).collect();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("engine-{gi}"))
-                    .spawn(move || worker_thread(engine, noise, g, st, out, cfg, component))?,
+                    .spawn(move || worker_thread(engines, noise, g, st, out, cfg, component))?,
             );
-            for (k, &i) in loaded.cameras.iter().enumerate() {
+            for (k, &i) in cam_indexes.iter().enumerate() {
                 let src = sources[i].take().expect("one source per camera");
                 let (cam, g, st, out, stop, cfg, cap, act) = (
                     group.cams[k].clone(),
@@ -853,7 +959,7 @@ impl Station {
         new.validate(Path::new("<reloaded station config>"))?;
         let mut cur = self.config.lock().expect("config lock");
         let mut changes = Vec::new();
-        let mut fresh: Vec<(Arc<Cam>, CamSettings)> = Vec::new();
+        let mut fresh: Vec<(Arc<Cam>, usize, CamSettings)> = Vec::new();
         let names = |c: &StationConfig| c.cameras.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
         if names(&cur) != names(&new) {
             bail!("reload: the camera list changed ({:?} → {:?}); restart the station for that", names(&cur), names(&new));
@@ -867,12 +973,10 @@ impl Station {
         if cur.name != new.name || cur.sinks != new.sinks || cur.http != new.http || cur.service != new.service {
             bail!("reload: `name`, `sinks`, `http` and `service` need a restart");
         }
+        let mut switches: Vec<(String, String)> = Vec::new();
         for (old, c) in cur.cameras.iter().zip(&new.cameras) {
             for (what, differs) in [
                 ("source", old.source != c.source),
-                ("bundle", old.bundle != c.bundle),
-                ("preset", old.preset != c.preset),
-                ("glad", old.glad != c.glad),
                 ("policy", old.policy != c.policy),
                 ("queue", old.queue != c.queue),
                 ("trigger", old.trigger != c.trigger),
@@ -881,25 +985,60 @@ impl Station {
                     bail!("reload: camera `{}`: `{what}` changed; restart the station for that", c.name);
                 }
             }
+            let (was, now) = (old.recipe_views(), c.recipe_views());
+            let names = |v: &[(Option<String>, CameraConfig)]| v.iter().map(|r| r.0.clone()).collect::<Vec<_>>();
+            if names(&was) != names(&now) {
+                bail!(
+                    "reload: camera `{}`: its recipes changed ({:?} → {:?}); restart the station for that",
+                    c.name,
+                    names(&was),
+                    names(&now)
+                );
+            }
             let cam = self.cams.get(&c.name).expect("same camera list");
-            let before = cam.settings.read().expect("settings lock").clone();
-            let s = CamSettings::from_config(c, &cam.facts).with_context(|| format!("reload: camera `{}`", c.name))?;
-            for (what, differs) in [
-                ("threshold", before.threshold != s.threshold),
-                ("calibration", before.calibration != s.calibration),
-                ("roi", before.roi != s.roi),
-                ("max_fps", before.max_fps != s.max_fps),
-                ("every_nth", before.every_nth != s.every_nth),
-                ("max_age_ms", before.max_age_ms != s.max_age_ms),
-            ] {
-                if differs {
-                    changes.push(format!("cameras.{}.{what}", c.name));
+            for (j, ((recipe, o), (_, n))) in was.iter().zip(&now).enumerate() {
+                let at = match recipe {
+                    Some(r) => format!("camera `{}`, recipe `{r}`", c.name),
+                    None => format!("camera `{}`", c.name),
+                };
+                for (what, differs) in [("bundle", o.bundle != n.bundle), ("preset", o.preset != n.preset), ("glad", o.glad != n.glad)] {
+                    if differs {
+                        bail!("reload: {at}: `{what}` changed; restart the station for that");
+                    }
+                }
+                let r = &cam.recipes[j];
+                let before = r.settings.read().expect("settings lock").clone();
+                let s = CamSettings::from_config(n, &r.facts).with_context(|| format!("reload: {at}"))?;
+                let prefix = match recipe {
+                    Some(name) => format!("cameras.{}.recipes.{name}", c.name),
+                    None => format!("cameras.{}", c.name),
+                };
+                for (what, differs) in [
+                    ("threshold", before.threshold != s.threshold),
+                    ("calibration", before.calibration != s.calibration),
+                    ("roi", before.roi != s.roi),
+                    ("max_fps", before.max_fps != s.max_fps),
+                    ("every_nth", before.every_nth != s.every_nth),
+                    ("max_age_ms", before.max_age_ms != s.max_age_ms),
+                ] {
+                    if differs {
+                        changes.push(format!("{prefix}.{what}"));
+                    }
+                }
+                fresh.push((cam.clone(), j, s));
+            }
+            if old.active != c.active {
+                if let Some(a) = &c.active {
+                    switches.push((c.name.clone(), a.clone()));
+                    changes.push(format!("cameras.{}.active", c.name));
                 }
             }
-            fresh.push((cam.clone(), s));
         }
-        for (cam, s) in fresh {
-            *cam.settings.write().expect("settings lock") = s;
+        for (cam, j, s) in fresh {
+            *cam.recipes[j].settings.write().expect("settings lock") = s;
+        }
+        for (camera, recipe) in switches {
+            self.state.recipes.select(&camera, &recipe, "config reload").map_err(|e| anyhow::anyhow!("reload: {e}"))?;
         }
         *cur = new;
         tracing::info!(?changes, "config reloaded");

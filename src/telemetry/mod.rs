@@ -6,6 +6,7 @@
 pub mod drift;
 pub mod feedback;
 pub mod metrics;
+pub mod recipe;
 pub mod state;
 pub mod trigger;
 

@@ -118,6 +118,8 @@ impl Heartbeat {
 pub struct StationState {
     pub cameras: BTreeMap<String, CameraState>,
     pub triggers: Triggers,
+    /// The active recipe of every camera that has recipes.
+    pub recipes: super::recipe::Recipes,
     pub metrics: Metrics,
     pub heartbeats: Heartbeats,
     /// Every model loaded and warmed up.
@@ -163,6 +165,7 @@ impl StationState {
         StationState {
             cameras: cams,
             triggers: Triggers::new(cameras.iter().map(|c| c.0.clone())),
+            recipes: Default::default(),
             metrics,
             heartbeats: Heartbeats::new(),
             ready: AtomicBool::new(false),
@@ -335,6 +338,7 @@ mod tests {
                 bundle_hash: String::new(),
                 run_id: String::new(),
                 overlay_version: None,
+                recipe: None,
             };
             FrameResult { record: Arc::new(FrameRecord::error(o, "decode", "x")), input: None, heatmap: None }
         };

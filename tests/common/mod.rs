@@ -27,6 +27,7 @@ pub fn record(camera: &str, seq: u64, ng: bool) -> FrameResult {
         glad_version: "0.1.0".into(),
         run_id: String::new(),
         overlay_version: None,
+        recipe: None,
         drift: Vec::new(),
     };
     FrameResult { record: Arc::new(rec), input: None, heatmap: None }

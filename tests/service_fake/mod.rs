@@ -219,6 +219,7 @@ fn publish(s: &Shared, camera: &str, seq: u64, sample: Option<&Sample>, t0: Inst
         glad_version: env!("CARGO_PKG_VERSION").into(),
         run_id: String::new(),
         overlay_version: None,
+        recipe: None,
         drift: Vec::new(),
     };
     let label = match verdict {

@@ -54,11 +54,12 @@ function makeCard(cam) {
   const dot = h("span", { class: "dot" });
   const streamText = h("span", {}, cam.status || "");
   const drift = h("span", { class: "chip drift drift-none" }, "drift: —");
+  const recipe = h("span", { class: "chip recipe", hidden: "" }, "");
   const trend = svg("svg", { viewBox: "0 0 600 110", preserveAspectRatio: "none", class: "trend-svg" });
   const meta = h("div", { class: "meta" });
   const el = h("section", { class: "cam", "data-camera": cam.name },
     h("div", { class: "cam-head" },
-      h("div", {}, h("span", { class: "cam-name" }, cam.name), h("span", { class: "chip" }, cam.triggered ? "triggered" : "continuous"), drift),
+      h("div", {}, h("span", { class: "cam-name" }, cam.name), h("span", { class: "chip" }, cam.triggered ? "triggered" : "continuous"), recipe, drift),
       h("div", { class: "stream" }, dot, streamText)),
     h("div", { class: "cam-body" },
       h("div", { class: "pics" }, frame.box, heat.box),
@@ -74,7 +75,7 @@ function makeCard(cam) {
           h("div", { class: "count err" }, cErr, h("span", {}, "errors"))))),
     h("div", { class: "trend" }, trend),
     meta);
-  return { el, frame, heat, verdict, scoreVal, thrVal, fill, thr, cOk, cNg, cErr, dot, streamText, trend, meta, drift };
+  return { el, frame, heat, verdict, scoreVal, thrVal, fill, thr, cOk, cNg, cErr, dot, streamText, trend, meta, drift, recipe };
 }
 
 function setPicture(p, url, seq) {
@@ -93,6 +94,8 @@ function updateCard(c, cam) {
     : d.alarms.length ? ["DRIFT: " + d.alarms.join(", "), "ng"] : ["no drift", "ok"];
   ui.drift.textContent = dText;
   ui.drift.className = "chip drift drift-" + dCls;
+  ui.recipe.hidden = !cam.recipe;
+  if (cam.recipe) ui.recipe.textContent = "recipe " + cam.recipe.number + ": " + cam.recipe.active;
   ui.streamText.textContent = cam.triggered && !cam.streaming ? "waiting for trigger · " + cam.status : cam.status;
   ui.cOk.textContent = cam.counts.ok;
   ui.cNg.textContent = cam.counts.ng;
