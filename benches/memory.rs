@@ -1,5 +1,10 @@
 //! Memory: peak RSS of `glad inspect` on onnx/tiny (the whole process, read from the kernel's
 //! rusage of the child), and RSS growth of one engine over 1000 images.
+//!
+//! `cargo bench --bench memory -- BUNDLE...` measures instead each full-size bundle (e.g. one
+//! from `scripts/export_bundle.py synthetic-sd14 --resolution 512`, and its `-fp16` copy):
+//! peak RSS and wall time of `glad inspect` on one image at the bundle's resolution, batch 1,
+//! 2 DDIM steps with ADP on, under `runtime.memory: fast` and `lean`, in one run.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,12 +25,15 @@ fn rss_kib() -> u64 {
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("VmRSS")
 }
 
-fn peak_rss_of_glad_inspect() -> u64 {
+/// Peak RSS (KiB) of `glad inspect` with `args` (output to a temporary folder).
+fn peak_rss_of_glad_inspect(args: &[&str]) -> u64 {
     let out = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_glad"))
         .current_dir(root())
         .env("RUST_LOG", "warn")
-        .args(["inspect", "data/textures/brick/test/scratch", "--bundle", "onnx/tiny", "--batch", "2", "--threads", "2", "--out"])
+        .arg("inspect")
+        .args(args)
+        .arg("--out")
         .arg(out.path())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -41,8 +49,30 @@ fn peak_rss_of_glad_inspect() -> u64 {
     usage.ru_maxrss as u64 // KiB on Linux
 }
 
+/// Peak RSS and wall time of one full-size inspection per memory plan.
+fn full_size(bundles: &[String]) {
+    let image = "data/textures/brick/test/stain/000.png";
+    println!("| bundle | runtime.memory | peak RSS | wall time |");
+    println!("|---|---|---|---|");
+    for b in bundles {
+        if !std::path::Path::new(b).join("bundle.yaml").is_file() {
+            println!("{b}: no bundle there (scripts/export_bundle.py synthetic-sd14 --resolution 512 --out {b}); skipped");
+            continue;
+        }
+        for memory in ["fast", "lean"] {
+            let t0 = std::time::Instant::now();
+            let peak = peak_rss_of_glad_inspect(&[image, "--bundle", b, "--steps", "2", "--batch", "1", "--memory", memory]);
+            println!("| {b} | {memory} | {:.2} GiB | {:.0} s |", peak as f64 / (1024.0 * 1024.0), t0.elapsed().as_secs_f64());
+        }
+    }
+}
+
 fn main() {
-    let peak = peak_rss_of_glad_inspect();
+    let bundles: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if !bundles.is_empty() {
+        return full_size(&bundles);
+    }
+    let peak = peak_rss_of_glad_inspect(&["data/textures/brick/test/scratch", "--bundle", "onnx/tiny", "--batch", "2", "--threads", "2"]);
     println!("peak RSS of `glad inspect` (onnx/tiny, 4 images, batch 2): {:.1} MiB (target <= 300 MiB)", peak as f64 / 1024.0);
 
     let rt = RuntimeConfig { threads: 2, ..Default::default() };

@@ -261,6 +261,8 @@ fn serve_sigterm_during_a_slow_frame_stops_within_the_drain_timeout() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "exit {status:?}: {err}");
     assert!(err.contains("stopping without that frame's record"), "the abandoned frame is not named: {err}");
+    let after_stop = err.split_once("station stopped").map_or("", |(_, rest)| rest);
+    assert!(!after_stop.contains("ERROR"), "an error logged after the stop for the abandoned frame: {err}");
     assert!(took < Duration::from_secs(3), "stop took {took:?} with a 0.3 s drain timeout: {err}");
     let jsonl = std::fs::read_to_string(tmp.path().join("results/results.jsonl")).unwrap_or_default();
     assert!(jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "a torn record: {jsonl}");

@@ -41,6 +41,19 @@ pub struct CommonArgs {
     /// overrides `runtime.scoring`.
     #[arg(long, value_name = "PATH", value_parser = parse_scoring)]
     pub scoring: Option<crate::runtime::Scoring>,
+    /// ONNX Runtime's memory plan: fast (its arena, memory pattern and pre-packed weights) or
+    /// lean (none of them, for short memory); overrides `runtime.memory`.
+    #[arg(long, value_name = "PLAN", value_parser = parse_memory)]
+    pub memory: Option<crate::runtime::MemoryMode>,
+}
+
+/// `--memory`: `fast` or `lean`, as `runtime.memory`.
+pub fn parse_memory(s: &str) -> Result<crate::runtime::MemoryMode, String> {
+    match s {
+        "fast" => Ok(crate::runtime::MemoryMode::Fast),
+        "lean" => Ok(crate::runtime::MemoryMode::Lean),
+        _ => Err(format!("must be fast or lean, got `{s}`")),
+    }
 }
 
 /// `--scoring`: the rule of `runtime.scoring`.
@@ -137,6 +150,9 @@ impl Settings {
         }
         if let Some(s) = common.scoring {
             config.runtime.scoring = s;
+        }
+        if let Some(m) = common.memory {
+            config.runtime.memory = m;
         }
         crate::imaging::set_limits(config.limits);
         let bundle_dir = common

@@ -171,6 +171,9 @@ struct Group {
     wake: (Sender<()>, Receiver<()>),
     /// Feedback work for the engine (a frame's backbone patches).
     jobs: (Sender<TokenJob>, Receiver<TokenJob>),
+    /// Set when shutdown gave up waiting for this engine: what it still finishes is not
+    /// recorded (the process is exiting), so a failure then is not an error to report.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Group {
@@ -489,7 +492,10 @@ fn worker_thread(
         }
         for (key, (version, bank), batch) in subs {
             let engine = engines.get_mut(&key).expect("the recipe's engine is in its group");
-            run_batch(engine, &noise, batch, bank.as_deref(), version, &state, &out, &component);
+            if group.abandoned.load(Ordering::Acquire) {
+                break;
+            }
+            run_batch(engine, &noise, batch, bank.as_deref(), version, &state, &out, &component, &group.abandoned);
             beat.beat();
         }
     }
@@ -518,6 +524,7 @@ fn run_batch(
     state: &StationState,
     out: &Out,
     component: &str,
+    abandoned: &AtomicBool,
 ) {
     let m = &state.metrics;
     let r = engine.resolution();
@@ -540,6 +547,9 @@ fn run_batch(
                 let rec = FrameRecord::inspected(origin, insp.score, insp.adp, t);
                 let _ = out.send(FrameResult { record: Arc::new(rec), input: Some(Arc::new(p.crop)), heatmap: Some(Arc::new(heat)) });
             }
+        }
+        Err(_) if abandoned.load(Ordering::Acquire) => {
+            tracing::debug!(component = %component, "an abandoned inspection ended while the process stops");
         }
         Err(e) => {
             let msg = format!("{e:#}");
@@ -824,6 +834,7 @@ impl Station {
         let engines = groups.iter().map(|g| g.engines.len()).sum();
         let run_id = crate::record::new_run_id();
         tracing::info!(run_id = %run_id, "station run id (records: camera + run_id + seq identify a frame)");
+        let abandon = Arc::new(AtomicBool::new(false));
         let mut cams = BTreeMap::new();
         let mut feedback_cams = BTreeMap::new();
         let mut monitors = BTreeMap::new();
@@ -840,7 +851,7 @@ impl Station {
                     Ok(cam)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let group = Arc::new(Group { cams: gcams, wake: bounded(1), jobs: bounded(4) });
+            let group = Arc::new(Group { cams: gcams, wake: bounded(1), jobs: bounded(4), abandoned: abandon.clone() });
             for cam in &group.cams {
                 for r in &cam.recipes {
                     let key = feedback_key(&cam.name, r.name.as_deref());
@@ -891,7 +902,6 @@ impl Station {
             }
         }
         drop(out_tx);
-        let abandon = Arc::new(AtomicBool::new(false));
         let output = {
             let (st, rec, sinks) = (state.clone(), recorded.clone(), sinks.clone());
             let ab = abandon.clone();
