@@ -7,36 +7,19 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod station_http;
 
 use glad_edge::service::http::{HttpConfig, HttpServer};
 use glad_edge::sinks::FrameRecord;
-use glad_edge::station::{StartOptions, Station, StationConfig, StationState};
-use serde_json::Value;
+use glad_edge::station::{StartOptions, Station, StationConfig};
+use station_http::{http, wait_record};
 
 const TOKEN: &str = "recipe-token-0123456789";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
 
 /// One Modbus TCP request (unit 1); the response's PDU (function code first).
@@ -72,18 +55,6 @@ fn write_register(port: u16, addr: u16, value: u16) -> Result<(), u8> {
         6 => Ok(()),
         0x86 => Err(r[1]),
         f => panic!("unexpected function code {f:#x} in {r:?}"),
-    }
-}
-
-/// The first record of `camera` newer than `after` for which `want` holds.
-fn wait_record(state: &StationState, camera: &str, after: u64, limit: Duration, want: impl Fn(&FrameRecord) -> bool) -> Arc<FrameRecord> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(r) = state.recent(Some(camera), Some(after), 1000).into_iter().find(|r| r.ok && want(r)) {
-            return r;
-        }
-        assert!(t0.elapsed() < limit, "no record of `{camera}` after seq {after} as wanted within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
