@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::station::StationConfig;
@@ -99,12 +99,8 @@ impl Default for ServiceConfig {
 
 impl ServiceConfig {
     pub fn validate(&self) -> Result<()> {
-        let check = |key: &str, v: f64, max: f64| -> Result<()> {
-            if !(v.is_finite() && v > 0.0 && v <= max) {
-                bail!("key `service.{key}`: must be a number of seconds in (0, {max}], got {v}");
-            }
-            Ok(())
-        };
+        // The positive lower bound keeps a zero drain or heartbeat from stopping at once.
+        let check = |key: &str, v: f64, max: f64| crate::config::check::seconds(&format!("key `service.{key}`"), v, 0.001, max);
         check("drain_timeout_s", self.drain_timeout_s, 600.0)?;
         check("heartbeat_max_age_s", self.heartbeat_max_age_s, 3600.0)?;
         check("load_extend_interval_s", self.load_extend_interval_s, 600.0)?;
