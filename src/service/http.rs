@@ -7,7 +7,7 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `GET /` (+ `/static/app.js`, `/static/app.css`) | the live page, embedded in the binary |
+//! | `GET /` (+ `/static/{dom,app}.js`, `/static/app.css`) | the live page, embedded in the binary |
 //! | `GET /healthz` | 200 `ok` while the process serves |
 //! | `GET /readyz` | 200, or 503 with the reasons (JSON) |
 //! | `GET /metrics` | Prometheus/OpenMetrics text |
@@ -366,6 +366,7 @@ impl HttpServer {
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(page_index))
+        .route("/static/dom.js", get(page_dom_js))
         .route("/static/app.js", get(page_js))
         .route("/static/app.css", get(page_css))
         .route("/healthz", get(healthz))
@@ -392,6 +393,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 const INDEX_HTML: &str = include_str!("static/index.html");
+const DOM_JS: &str = include_str!("static/dom.js");
 const APP_JS: &str = include_str!("static/app.js");
 const APP_CSS: &str = include_str!("static/app.css");
 const REVIEW_HTML: &str = include_str!("static/review.html");
@@ -414,6 +416,10 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
 
 async fn page_index() -> Response {
     static_file("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn page_dom_js() -> Response {
+    static_file("text/javascript; charset=utf-8", DOM_JS)
 }
 
 async fn page_js() -> Response {

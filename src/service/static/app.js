@@ -1,4 +1,5 @@
-// glad-edge live view: polls /api/cameras (1 s) and /api/results (2 s), no external code.
+// glad-edge live view: polls /api/cameras (1 s) and /api/results (2 s), no external code
+// (h, fmt and driftText come from dom.js).
 "use strict";
 
 const TREND_MS = 5 * 60 * 1000;
@@ -6,23 +7,10 @@ const POLL_CAMERAS_MS = 1000;
 const POLL_RESULTS_MS = 2000;
 const cams = new Map(); // name -> { el, history: [], since, seq }
 
-function h(tag, attrs, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "class") e.className = v; else e.setAttribute(k, v);
-  }
-  for (const c of children) e.append(c);
-  return e;
-}
-
 function svg(tag, attrs) {
   const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
   return e;
-}
-
-function fmt(x, digits) {
-  return x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toFixed(digits);
 }
 
 function ago(ms) {
@@ -90,8 +78,7 @@ function updateCard(c, cam) {
   const r = cam.latest;
   ui.dot.className = "dot " + (cam.streaming ? "on" : cam.triggered ? "idle" : "off");
   const d = cam.drift;
-  const [dText, dCls] = !d ? ["drift: —", "none"] : !d.armed ? ["drift: recording reference", "none"]
-    : d.alarms.length ? ["DRIFT: " + d.alarms.join(", "), "ng"] : ["no drift", "ok"];
+  const [dText, dCls] = driftText(d);
   ui.drift.textContent = dText;
   ui.drift.className = "chip drift drift-" + dCls;
   ui.recipe.hidden = !cam.recipe;

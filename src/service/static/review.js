@@ -1,21 +1,9 @@
-// glad-edge NG review: polls /api/review (2 s); feedback buttons POST /api/feedback.
+// glad-edge NG review: polls /api/review (2 s); feedback buttons POST /api/feedback
+// (h, fmt and driftText come from dom.js).
 "use strict";
 
 const POLL_MS = 2000;
 const tokenBox = () => document.getElementById("token");
-
-function h(tag, attrs, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "class") e.className = v; else e.setAttribute(k, v);
-  }
-  for (const c of children) e.append(c);
-  return e;
-}
-
-function fmt(x, digits) {
-  return x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toFixed(digits);
-}
 
 function say(text, bad) {
   const m = document.getElementById("message");
@@ -42,13 +30,6 @@ async function feedback(rec, kind) {
   } catch (e) {
     say("feedback failed: " + e, true);
   }
-}
-
-function driftText(d) {
-  if (!d) return ["drift: —", "none"];
-  if (!d.armed) return ["drift: recording reference", "none"];
-  if (d.alarms.length) return ["DRIFT: " + d.alarms.join(", "), "ng"];
-  return ["no drift", "ok"];
 }
 
 function picture(cls, alt, src) {
