@@ -127,6 +127,7 @@ fn feedback_good_teaches_the_bank_undo_budget_restart_and_defects_are_filed() {
     assert!(effect < Duration::from_secs(1), "feedback took {effect:?} to apply");
     let s1 = r1.score.unwrap();
     assert!(s1 < 0.2 * s0, "the taught frame scores {s1} after feedback, {s0} before");
+    assert_eq!(r1.verdict, Some(glad_edge::sinks::Verdict::Normal), "the frame called NG is OK once taught: {r1:?}");
     assert!(bundle.join("bank/bank.safetensors").exists() && !bundle.join("overlay").exists(), "the bundle stays as it was");
     assert!(tmp.path().join(format!("state/overlay/{v1}/layer0.npy")).exists());
     let input = tmp.path().join(format!("state/dataset/cam0/train/good/{}-{:06}.png", r0.run_id, r0.seq));
@@ -198,11 +199,19 @@ fn feedback_good_teaches_the_bank_undo_budget_restart_and_defects_are_filed() {
     station.shutdown(Duration::from_secs(10)).unwrap();
 
     // A restart keeps the overlay (v2) and its version.
-    let (station, server, _port) = start(station_config(tmp.path(), &bundle, &frames));
+    let (station, server, port) = start(station_config(tmp.path(), &bundle, &frames));
     let state = station.state();
     let r5 = wait_record(&state, "cam0", 0, Duration::from_secs(60), |_| true);
     assert_eq!(r5.overlay_version, Some(v4), "{r5:?}");
     assert!(r5.score.unwrap() < 0.2 * s0, "after the restart the taught frame scores {:?}", r5.score);
+    assert!(!r5.is_ng(), "{r5:?}");
+    // Undoing the last feedback that taught the frame: NG again.
+    let (code, v) = http(port, "DELETE", &format!("/api/feedback/{v2}"), Some(TOKEN), "");
+    assert_eq!(code, 200, "{v}");
+    let v5 = v["overlay_version"].as_u64().unwrap();
+    let r6 = wait_record(&state, "cam0", r5.seq, Duration::from_secs(10), |r| r.overlay_version == Some(v5));
+    assert!(r6.is_ng(), "after every undo the frame is NG again: {r6:?}");
+    assert!((r6.score.unwrap() - s0).abs() < 1e-4 * s0.max(1.0), "{} against {s0} before any feedback", r6.score.unwrap());
     server.shutdown(Duration::from_secs(5));
     station.shutdown(Duration::from_secs(10)).unwrap();
 }
