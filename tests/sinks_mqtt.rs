@@ -414,3 +414,57 @@ fn tls_with_a_ca_file_delivers_and_an_untrusted_broker_is_degraded() {
         Err(e) => assert!(e.to_string().contains("no system root certificates"), "{e:#}"),
     }
 }
+
+#[test]
+fn camera_status_is_retained_and_follows_drift_and_recipe() {
+    let bin = need_mosquitto!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Broker::start(&bin, port, dir.path());
+    let (_c, rx) = subscriber(port, "sub-camera-status");
+    // only_ng: the status follows the normal frames too, which are not published.
+    let mut c = config(port, &dir.path().join("outbox"));
+    c.only_ng = true;
+    let sink = c.build(&ctx("st3", None)).unwrap();
+    let with = |seq: u64, recipe: &str, drift: &[&str]| {
+        let mut r = record("cam0", seq, false);
+        let mut rec = (*r.record).clone();
+        rec.recipe = Some(recipe.into());
+        rec.drift = drift.iter().map(|d| d.to_string()).collect();
+        r.record = Arc::new(rec);
+        r
+    };
+    let topic = "glad/st3/cam0/status";
+    // Connected first: statuses changed while away are published as the latest one only.
+    assert!(wait_until(10.0, || sink.stats().connected), "{:?}", sink.stats());
+    for seq in 0..3 {
+        sink.submit(&with(seq, "a", &[]));
+    }
+    sink.submit(&with(3, "a", &["brightness"]));
+    sink.submit(&with(4, "b", &["brightness"]));
+    let msgs = collect(&rx, 10.0, |m| m.iter().filter(|m| m.topic == topic).count() >= 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut msgs = msgs;
+    msgs.extend(rx.try_iter());
+    let status: Vec<serde_json::Value> =
+        msgs.iter().filter(|m| m.topic == topic).map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
+    assert_eq!(
+        status,
+        vec![
+            serde_json::json!({"recipe": "a", "drift": []}),
+            serde_json::json!({"recipe": "a", "drift": ["brightness"]}),
+            serde_json::json!({"recipe": "b", "drift": ["brightness"]}),
+        ],
+        "one message per change, none for an unchanged status"
+    );
+    assert!(results(&msgs).is_empty(), "only_ng: no normal result is published");
+    // A subscriber that comes later gets the latest status, retained.
+    let (_c2, rx2) = subscriber(port, "sub-camera-status-late");
+    let msgs = collect(&rx2, 5.0, |m| m.iter().any(|m| m.topic == topic));
+    let st = msgs.iter().find(|m| m.topic == topic).expect("retained camera status");
+    assert!(st.retain);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&st.payload).unwrap(),
+        serde_json::json!({"recipe": "b", "drift": ["brightness"]})
+    );
+}

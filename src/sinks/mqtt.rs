@@ -2,7 +2,10 @@
 //! with QoS 1 to `<prefix>/<station>/<camera>/result`; a record leaves the outbox only on the
 //! broker's PUBACK. On (re)connect glad publishes the retained `<prefix>/<station>/status`
 //! `online`; the last will (retained) is `offline`, which the broker also sends when glad
-//! stops (the connection closes without a DISCONNECT).
+//! stops (the connection closes without a DISCONNECT). Per camera, the retained
+//! `<prefix>/<station>/<camera>/status` holds what the line watches between results:
+//! `{"recipe": <name or null>, "drift": [<alarms>]}`, published when it changes (drift alarms
+//! fire or clear, a recipe switch) and again on every (re)connect.
 //!
 //! Threads: `submit` hands the record to a bounded channel (full: dropped and counted). The
 //! sink's own thread runs a small tokio runtime with two tasks: the network task polls
@@ -35,6 +38,8 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 
 enum Ctl {
     Flush(std::sync::mpsc::Sender<Result<()>>),
+    /// A camera's status payload changed.
+    Status(String, String),
     Shutdown,
 }
 
@@ -81,6 +86,8 @@ pub struct MqttSink {
     ctl: mpsc::UnboundedSender<Ctl>,
     shared: Arc<Shared>,
     only_ng: bool,
+    /// The status payload last handed to the worker, per camera.
+    status: Mutex<HashMap<String, String>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -117,6 +124,8 @@ impl MqttSink {
             unmapped: VecDeque::new(),
             pkids: HashMap::new(),
             inflight: 0,
+            statuses: HashMap::new(),
+            status_sent: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("sink-mqtt".into())
@@ -124,7 +133,7 @@ impl MqttSink {
                 crate::asyncrt::runtime().block_on(worker.run(options));
             })
             .context("starting the mqtt sink thread")?;
-        Ok(MqttSink { tx, ctl, shared, only_ng, thread: Mutex::new(Some(thread)) })
+        Ok(MqttSink { tx, ctl, shared, only_ng, status: Mutex::new(HashMap::new()), thread: Mutex::new(Some(thread)) })
     }
 
     pub fn stats(&self) -> MqttStats {
@@ -145,6 +154,15 @@ impl Sink for MqttSink {
     }
 
     fn submit(&self, result: &FrameResult) {
+        // The camera's status follows every record, published or not (`only_ng`).
+        let rec = &result.record;
+        let status = serde_json::json!({ "recipe": rec.recipe, "drift": rec.drift }).to_string();
+        let mut last = self.status.lock().expect("mqtt status lock");
+        if last.get(&rec.camera) != Some(&status) {
+            last.insert(rec.camera.clone(), status.clone());
+            let _ = self.ctl.send(Ctl::Status(rec.camera.clone(), status));
+        }
+        drop(last);
         if self.only_ng && !result.record.is_ng() {
             return;
         }
@@ -252,6 +270,11 @@ fn status_topic(s: &MqttSettings) -> String {
     format!("{}/{}/status", s.topic_prefix, s.station)
 }
 
+/// The retained topic of a camera's status (recipe, drift alarms).
+pub fn camera_status_topic(prefix: &str, station: &str, camera: &str) -> String {
+    format!("{prefix}/{station}/{}/status", topic_level(camera))
+}
+
 /// The topic of a camera's results.
 pub fn result_topic(prefix: &str, station: &str, camera: &str) -> String {
     format!("{prefix}/{station}/{}/result", topic_level(camera))
@@ -271,6 +294,9 @@ struct Worker {
     pkids: HashMap<u16, Tag>,
     /// Records published and not yet acknowledged on this connection.
     inflight: usize,
+    /// The latest status payload per camera, and what this connection has published.
+    statuses: HashMap<String, String>,
+    status_sent: HashMap<String, String>,
 }
 
 impl Worker {
@@ -299,6 +325,10 @@ impl Worker {
                         let _ = reply.send(r);
                         self.pump(&client);
                     }
+                    Some(Ctl::Status(camera, payload)) => {
+                        self.statuses.insert(camera, payload);
+                        self.publish_statuses(&client);
+                    }
                     Some(Ctl::Shutdown) | None => {
                         self.drain();
                         if let Err(e) = self.outbox.sync(true) {
@@ -320,6 +350,8 @@ impl Worker {
                             self.unmapped.push_back(Tag::Status);
                         }
                         self.cursor = self.outbox.first_live();
+                        self.status_sent.clear();
+                        self.publish_statuses(&client);
                         self.pump(&client);
                     }
                     Some(Net::Event(Event::Outgoing(Outgoing::Publish(pkid)))) => {
@@ -425,6 +457,25 @@ impl Worker {
                 self.shared.counters.add_dropped(1);
                 self.shared.counters.add_failure();
             }
+        }
+    }
+
+    /// Publishes (retained) each camera status this connection has not published yet. A state,
+    /// not an event: only the latest counts, so it does not go through the outbox.
+    fn publish_statuses(&mut self, client: &AsyncClient) {
+        if !self.connected {
+            return;
+        }
+        for (camera, payload) in &self.statuses {
+            if self.status_sent.get(camera) == Some(payload) {
+                continue;
+            }
+            let topic = camera_status_topic(&self.s.topic_prefix, &self.s.station, camera);
+            if client.try_publish(topic, QoS::AtLeastOnce, true, payload.clone()).is_err() {
+                break;
+            }
+            self.unmapped.push_back(Tag::Status);
+            self.status_sent.insert(camera.clone(), payload.clone());
         }
     }
 
