@@ -372,7 +372,7 @@ def stage_unet(args):
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.mul_(d).add_(p.detach(), alpha=1 - d)
         step += 1
-        hist.append(float(loss))
+        hist.append(loss.item())
         if step % args.log_every == 0:
             log(f"unet step {step}: loss {np.mean(hist[-args.log_every:]):.4f} "
                 f"({args.log_every / (time.time() - last):.2f} steps/s)")
