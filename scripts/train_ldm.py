@@ -242,13 +242,13 @@ def stage_ae(args):
         log(f"ae {LATENT} latent channels, step {step}: {c} validation L1 {l1:.4f} feature distance {fd:.4f}")
 
 
-def fidelity(ae, data, n=16):
+def fidelity(ae, data, classes=CLASSES, n=16):
     """Per class, the autoencoder's L1 and feature distance (the sum over the two backbone
     layers of 1 - cosine at the same position, at 128 px) on the first `n` validation normals."""
     feats = Features()
     out = {}
     with torch.no_grad():
-        for c in CLASSES:
+        for c in classes:
             xv = to_r(load_split(data, "validation", (c,)))[:n]
             r = ae.dec(ae.enc(xv)[0])
             out[c] = (float((r - xv).abs().mean()), float(feature_loss(feats, to_r(xv, 128), to_r(r, 128))))
@@ -599,13 +599,10 @@ def stage_decoder(args):
         step = ck["step"]
         log(f"decoder {args.cls}: resumed at step {step}")
     x = to_r(load_split(args.data, "train", (args.cls,)))
-    xv = to_r(load_split(args.data, "validation", (args.cls,)))[:16]
     feats = Features()
 
     def val():
-        with torch.no_grad():
-            r = ae.dec(ae.enc(xv)[0])
-            return float((r - xv).abs().mean()), float(feature_loss(feats, to_r(xv, 128), to_r(r, 128)))
+        return fidelity(ae, args.data, (args.cls,))[args.cls]
 
     l1, fd = val()
     log(f"decoder {args.cls}: {x.shape[0]} images, batch {args.batch}, crops {args.crop}; "

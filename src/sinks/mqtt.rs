@@ -80,14 +80,17 @@ struct Shared {
     acked: AtomicU64,
 }
 
+/// A camera's recipe and drift alarms, as its status topic carries them.
+type CameraStatus = (Option<String>, Vec<String>);
+
 #[derive(Debug)]
 pub struct MqttSink {
     tx: mpsc::Sender<Arc<FrameRecord>>,
     ctl: mpsc::UnboundedSender<Ctl>,
     shared: Arc<Shared>,
     only_ng: bool,
-    /// The status payload last handed to the worker, per camera.
-    status: Mutex<HashMap<String, String>>,
+    /// The status (recipe, drift alarms) last handed to the worker, per camera.
+    status: Mutex<HashMap<String, CameraStatus>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -156,10 +159,10 @@ impl Sink for MqttSink {
     fn submit(&self, result: &FrameResult) {
         // The camera's status follows every record, published or not (`only_ng`).
         let rec = &result.record;
-        let status = serde_json::json!({ "recipe": rec.recipe, "drift": rec.drift }).to_string();
         let mut last = self.status.lock().expect("mqtt status lock");
-        if last.get(&rec.camera) != Some(&status) {
-            last.insert(rec.camera.clone(), status.clone());
+        if last.get(&rec.camera).is_none_or(|(recipe, drift)| *recipe != rec.recipe || *drift != rec.drift) {
+            last.insert(rec.camera.clone(), (rec.recipe.clone(), rec.drift.clone()));
+            let status = serde_json::json!({ "recipe": rec.recipe, "drift": rec.drift }).to_string();
             let _ = self.ctl.send(Ctl::Status(rec.camera.clone(), status));
         }
         drop(last);

@@ -375,6 +375,11 @@ pub struct CameraConfig {
     pub active: Option<String>,
 }
 
+/// A camera or recipe name: letters, digits, - and _ (names go into file names and keys).
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+}
+
 fn is_empty_path(p: &Path) -> bool {
     p.as_os_str().is_empty()
 }
@@ -558,7 +563,7 @@ impl StationConfig {
         let mut names = BTreeSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
             let k = |s: &str| format!("cameras[{i}].{s}");
-            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            if !is_name(&c.name) {
                 return Err(ck.fail(&k("name"), format!("`{}`: use letters, digits, - and _", c.name)));
             }
             // Camera names go into file names of stored images (with a time stamp and a suffix).
@@ -602,8 +607,7 @@ impl StationConfig {
             let mut recipe_names = BTreeSet::new();
             for (j, r) in c.recipes.iter().enumerate() {
                 let rk = k(&format!("recipes[{j}].name"));
-                if r.name.is_empty() || r.name.len() > 64 || !r.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-                {
+                if !is_name(&r.name) || r.name.len() > 64 {
                     return Err(ck.fail(&rk, format!("`{}`: 1 to 64 letters, digits, - and _", r.name)));
                 }
                 if !recipe_names.insert(r.name.clone()) {

@@ -852,13 +852,15 @@ impl Station {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let group = Arc::new(Group { cams: gcams, wake: bounded(1), jobs: bounded(4), abandoned: abandon.clone() });
+            // One copy of each engine's bank, shared by every camera and recipe scored on it.
+            let bases: BTreeMap<&String, Option<Arc<FeatureBank>>> = loaded.engines.iter().map(|(k, e)| (k, e.base_bank())).collect();
             for cam in &group.cams {
                 for r in &cam.recipes {
                     let key = feedback_key(&cam.name, r.name.as_deref());
                     feedback_cams.insert(
                         key.clone(),
                         CameraFeedback {
-                            base: loaded.engines[&r.engine_key].base_bank(),
+                            base: bases[&r.engine_key].clone(),
                             bundle_hash: r.bundle_hash.clone(),
                             slot: r.slot.clone(),
                             engine: r.engine_key.clone(),

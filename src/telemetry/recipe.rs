@@ -24,6 +24,13 @@ struct CamRecipes {
     active: Arc<AtomicUsize>,
 }
 
+impl CamRecipes {
+    fn view(&self) -> RecipeView {
+        let i = self.active.load(Ordering::Acquire);
+        RecipeView { recipes: self.names.clone(), active: self.names[i].clone(), number: i + 1 }
+    }
+}
+
 /// The recipes of every camera that has some, and the active one of each.
 #[derive(Debug, Default)]
 pub struct Recipes {
@@ -50,16 +57,12 @@ impl Recipes {
 
     /// The active recipe of `camera` (`None`: it has none).
     pub fn view(&self, camera: &str) -> Option<RecipeView> {
-        let cams = self.cams.lock().expect("recipes lock");
-        let c = cams.get(camera)?;
-        let i = c.active.load(Ordering::Acquire);
-        Some(RecipeView { recipes: c.names.clone(), active: c.names[i].clone(), number: i + 1 })
+        self.cams.lock().expect("recipes lock").get(camera).map(CamRecipes::view)
     }
 
     /// Every camera with recipes.
     pub fn all(&self) -> BTreeMap<String, RecipeView> {
-        let names: Vec<String> = self.cams.lock().expect("recipes lock").keys().cloned().collect();
-        names.into_iter().filter_map(|n| self.view(&n).map(|v| (n, v))).collect()
+        self.cams.lock().expect("recipes lock").iter().map(|(n, c)| (n.clone(), c.view())).collect()
     }
 
     /// Makes recipe `name` active on `camera`; `by` says who asked (logged). Returns the view
@@ -100,7 +103,7 @@ impl Recipes {
         if was != i {
             tracing::info!(camera, from = %c.names[was], to = %c.names[i], by, "recipe switched");
         }
-        Ok(RecipeView { recipes: c.names.clone(), active: c.names[i].clone(), number: i + 1 })
+        Ok(c.view())
     }
 }
 
