@@ -144,7 +144,9 @@ def l2_normalise(t):
 # Bundle: the ONNX models of onnx/<name>/bundle.yaml
 # ----------------------------------------------------------------------------------------
 class Bundle:
-    def __init__(self, bundle_dir, threads=1):
+    def __init__(self, bundle_dir, threads=1, sessions=True):
+        """sessions=False reads the manifest, prompts and scheduler only (a subclass brings the
+        models: scripts/torch_reference.py)."""
         self.dir = bundle_dir
         with open(os.path.join(bundle_dir, "bundle.yaml")) as f:
             self.cfg = yaml.safe_load(f)
@@ -160,7 +162,7 @@ class Bundle:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for role in ("vae_encoder", "unet", "vae_decoder", "backbone", "adp_backbone"):
-            if m.get(role):
+            if m.get(role) and sessions:
                 path = os.path.join(bundle_dir, m[role]["file"])
                 self.sessions[role] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.m = m

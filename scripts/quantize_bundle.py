@@ -23,6 +23,14 @@ import yaml
 ROLES = ("vae_encoder", "unet", "vae_decoder", "backbone", "adp_backbone")
 
 
+def save(model, path):
+    """Saves a model, its weights beside it (`<file>.data`) when they pass 1.5 GiB (protobuf
+    stops at 2 GiB: a full-size UNet is 3.4 GB in float32). Returns whether they went there."""
+    large = sum(len(t.raw_data) for t in model.graph.initializer) > 3 << 29
+    onnx.save(model, path, save_as_external_data=large, location=os.path.basename(path) + ".data")
+    return large
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True)
@@ -60,15 +68,16 @@ def main(argv=None):
             # stale intermediate shapes (a trained UNet's) make the quantizer's shape inference fail
             del model.graph.value_info[:]
             tmp = dst + ".fp32.onnx"
-            onnx.save(model, tmp)
-            quantize_dynamic(tmp, dst, weight_type=weight_type, op_types_to_quantize=ops)
+            # protobuf stops at 2 GiB: a full-size UNet (3.4 GB in float32) goes through external data
+            large = save(model, tmp)
+            quantize_dynamic(tmp, dst, weight_type=weight_type, op_types_to_quantize=ops, use_external_data_format=large)
             os.remove(tmp)
             for extra in (tmp + ".data",):
                 if os.path.exists(extra):
                     os.remove(extra)
             what = f"int8 ({weight_type.name}, {','.join(ops)})"
         else:
-            onnx.save(onnx.load(path), dst)
+            save(onnx.load(path), dst)
             what = "float32 (copied)"
         spec["file"] = name
         print(f"{role:<13} {path} -> {dst} {os.path.getsize(dst) / 1e6:.2f} MB {what}")

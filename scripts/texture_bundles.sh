@@ -10,7 +10,9 @@
 #   scripts/texture_bundles.sh eval NAME   # test-set table: union, bank, reconstruction, baseline
 #
 # Environment: PY (python with torch), GLAD and TRAIN (binaries; default target/release),
-# WORK (checkpoints; default .work/ldm64), THREADS (default 1), STEPS (ATP steps, default 300).
+# WORK (checkpoints; default .work/ldm64), THREADS (default 1), STEPS (ATP steps, default 300),
+# BASE (the base bundle; default onnx/ldm64, class bundles go beside it as BASE-NAME) and
+# LATENT_CHANNELS (of the autoencoder pretrain makes; default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -19,20 +21,21 @@ TRAIN=${TRAIN:-target/release/train}
 WORK=${WORK:-.work/ldm64}
 THREADS=${THREADS:-1}
 STEPS=${STEPS:-300}
-BASE=onnx/ldm64
+BASE=${BASE:-onnx/ldm64}
+LC=(--latent-channels "${LATENT_CHANNELS:-4}")
 
 case "${1:-}" in
   pretrain)
     # Continues from the committed base bundle when the torch checkpoints are gone (`recover`
     # rebuilds them from its ONNX files); stage totals are steps, not increments.
     if [ ! -f "$WORK/ae.pt" ] && [ -f "$BASE/bundle.yaml" ]; then
-      "$PY" scripts/train_ldm.py recover --work "$WORK" --out "$BASE"
+      "$PY" scripts/train_ldm.py recover --work "$WORK" "${LC[@]}" --out "$BASE"
     fi
-    "$PY" scripts/train_ldm.py ae --work "$WORK" --steps "${AE_STEPS:-4500}" --minutes 30 --batch 16 --lr 5e-4 --log-every 100
+    "$PY" scripts/train_ldm.py ae --work "$WORK" "${LC[@]}" --steps "${AE_STEPS:-4500}" --minutes 30 --batch 16 --lr 5e-4 --log-every 100
     rm -f "$WORK/latents.pt"   # the latents belong to the autoencoder just trained
-    "$PY" scripts/train_ldm.py unet --work "$WORK" --steps "${UNET_STEPS:-30000}" --minutes "${UNET_MINUTES:-42}" --batch 16 --log-every 100
-    "$PY" scripts/train_ldm.py sample --work "$WORK" --every 4
-    "$PY" scripts/train_ldm.py export --work "$WORK" --out "$BASE"
+    "$PY" scripts/train_ldm.py unet --work "$WORK" "${LC[@]}" --steps "${UNET_STEPS:-30000}" --minutes "${UNET_MINUTES:-42}" --batch 16 --log-every 100
+    "$PY" scripts/train_ldm.py sample --work "$WORK" "${LC[@]}" --every 4
+    "$PY" scripts/train_ldm.py export --work "$WORK" "${LC[@]}" --out "$BASE"
     "$PY" scripts/export_train_graph.py --bundle "$BASE" --batch 8
     ;;
   class)
