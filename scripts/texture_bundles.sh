@@ -12,7 +12,10 @@
 # Environment: PY (python with torch), GLAD and TRAIN (binaries; default target/release),
 # WORK (checkpoints; default .work/ldm64), THREADS (default 1), STEPS (ATP steps, default 300),
 # BASE (the base bundle; default onnx/ldm64, class bundles go beside it as BASE-NAME) and
-# LATENT_CHANNELS (of the autoencoder pretrain makes; default 4).
+# LATENT_CHANNELS (of the autoencoder pretrain makes; default 4), AE_STEPS, AE_LR, UNET_STEPS and
+# UNET_MINUTES (pretrain's stage totals and limits). The committed bundles: LATENT_CHANNELS=8
+# AE_STEPS=6000 AE_LR=1e-3 UNET_MINUTES=56 for pretrain, STEPS=300 for brick and 1500 for grass
+# and gravel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -31,7 +34,7 @@ case "${1:-}" in
     if [ ! -f "$WORK/ae.pt" ] && [ -f "$BASE/bundle.yaml" ]; then
       "$PY" scripts/train_ldm.py recover --work "$WORK" "${LC[@]}" --out "$BASE"
     fi
-    "$PY" scripts/train_ldm.py ae --work "$WORK" "${LC[@]}" --steps "${AE_STEPS:-4500}" --minutes 30 --batch 16 --lr 5e-4 --log-every 100
+    "$PY" scripts/train_ldm.py ae --work "$WORK" "${LC[@]}" --steps "${AE_STEPS:-4500}" --minutes 30 --batch 16 --lr "${AE_LR:-5e-4}" --log-every 100
     rm -f "$WORK/latents.pt"   # the latents belong to the autoencoder just trained
     "$PY" scripts/train_ldm.py unet --work "$WORK" "${LC[@]}" --steps "${UNET_STEPS:-30000}" --minutes "${UNET_MINUTES:-42}" --batch 16 --log-every 100
     "$PY" scripts/train_ldm.py sample --work "$WORK" "${LC[@]}" --every 4
