@@ -65,7 +65,8 @@ struct Run {
     maps: Vec<ndarray::Array2<f32>>,
 }
 
-/// Every image through the engine at `batch` (after one warm-up call).
+/// Every image through the (warmed-up) engine at `batch`; the final backbone's time includes
+/// the scoring graphs' (`runtime.scoring: onnx`).
 fn run_engine(engine: &mut Engine, x: &Array4<f32>, noise: &NoiseSource, batch: usize) -> Run {
     let n = x.shape()[0];
     let mut total = StageTimes::default();

@@ -68,7 +68,6 @@ def main(argv=None):
             # stale intermediate shapes (a trained UNet's) make the quantizer's shape inference fail
             del model.graph.value_info[:]
             tmp = dst + ".fp32.onnx"
-            # protobuf stops at 2 GiB: a full-size UNet (3.4 GB in float32) goes through external data
             large = save(model, tmp)
             quantize_dynamic(tmp, dst, weight_type=weight_type, op_types_to_quantize=ops, use_external_data_format=large)
             os.remove(tmp)

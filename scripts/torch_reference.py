@@ -60,15 +60,10 @@ class TorchBundle(gr.Bundle):
     def __init__(self, bundle_dir, threads=1):
         super().__init__(bundle_dir, threads, sessions=False)
         torch.set_num_threads(threads)
-        vae, unet, dino, _, _ = rebuild(bundle_dir, self.cfg)
-        self.modules = {
-            "vae_encoder": eb.VaeEncoder(vae).eval(),
-            "unet": eb.Unet(unet).eval(),
-            "vae_decoder": eb.VaeDecoder(vae).eval(),
-            "backbone": dino.eval(),
-        }
-        self.names = {"vae_encoder": ["mean", "logvar"], "vae_decoder": ["image"], "unet": ["noise_pred"],
-                      "backbone": list(self.m["backbone"]["outputs"])}
+        vae, unet, dino, cond, uncond = rebuild(bundle_dir, self.cfg)
+        # the export's own wrappers (in eval mode) and IO names: the modules the ONNX files came from
+        self.roles = {"backbone" if r.name == "dino" else r.name: r
+                      for r in eb.build_roles(vae, unet, dino, self.R, cond, uncond)}
         self.ms = defaultdict(float)
         self.stage = None
 
@@ -78,14 +73,12 @@ class TorchBundle(gr.Bundle):
         return super().features(role, img, last_only)
 
     def _run(self, role, feeds, names=None):
-        net = "backbone" if role == "adp_backbone" else role  # one DINO serves both
-        args = [feeds[n] for n in ("sample", "timestep", "encoder_hidden_states")] if role == "unet" \
-            else [feeds[self.m[role]["input"]]]
+        net = self.roles["backbone" if role == "adp_backbone" else role]  # one DINO serves both
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.modules[net](*(torch.from_numpy(np.ascontiguousarray(x)) for x in args))
-        self.ms[self.stage if net == "backbone" else role] += (time.perf_counter() - t0) * 1e3
-        by_name = dict(zip(self.names[net], (o.numpy() for o in (out if isinstance(out, tuple) else (out,)))))
+            out = net.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in net.inputs))
+        self.ms[self.stage if net.name == "dino" else role] += (time.perf_counter() - t0) * 1e3
+        by_name = dict(zip(net.outputs, (o.numpy() for o in (out if isinstance(out, tuple) else (out,)))))
         return [by_name[n] for n in (names or by_name)]
 
     def unet(self, z, t, ctx):
