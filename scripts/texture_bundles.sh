@@ -11,6 +11,7 @@
 #
 # Environment: PY (python with torch), GLAD and TRAIN (binaries; default target/release),
 # WORK (checkpoints; default .work/ldm64), THREADS (default 1), STEPS (ATP steps, default 300),
+# HORIZON (train's --horizon; default 300, the largest denoise_step of the tune grid),
 # BASE (the base bundle; default onnx/ldm64, class bundles go beside it as BASE-NAME) and
 # LATENT_CHANNELS (of the autoencoder pretrain makes; default 4), AE_STEPS, AE_LR, UNET_STEPS and
 # UNET_MINUTES (pretrain's stage totals and limits). The committed bundles: LATENT_CHANNELS=8
@@ -24,6 +25,7 @@ TRAIN=${TRAIN:-target/release/train}
 WORK=${WORK:-.work/ldm64}
 THREADS=${THREADS:-1}
 STEPS=${STEPS:-300}
+HORIZON=${HORIZON:-300}
 BASE=${BASE:-onnx/ldm64}
 LC=(--latent-channels "${LATENT_CHANNELS:-4}")
 
@@ -54,7 +56,7 @@ case "${1:-}" in
     done
     "$TRAIN" --bundle "$BASE" --images "data/textures/$c/train/good" --out "$out" --force --textures "$foreign" \
       --checkpoint "$WORK/$c.ckpt" --steps "$STEPS" --batch 8 --lr 1e-4 --warmup 30 \
-      --threads "$THREADS" --seed 0 --log-every 25 --no-progress --checkpoint-every 50
+      --horizon "$HORIZON" --threads "$THREADS" --seed 0 --log-every 25 --no-progress --checkpoint-every 50
     rm -rf "$out/train"   # the training graphs stay with the base bundle
     "$GLAD" bank --bundle "$out" --images "data/textures/$c/train/good" --coreset 1.0 --precision f16 --threads "$THREADS"
     "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --textures "$foreign" \

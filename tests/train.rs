@@ -120,6 +120,7 @@ fn opts(images: &Path, out: &Path, steps: u64, seed: u64, fixed: bool) -> TrainO
         progress: false,
         command: "tests/train.rs".into(),
         force: false,
+        horizon: None,
     }
 }
 
@@ -152,6 +153,7 @@ fn training_on_tiny() {
     let mut out = Bundle::load(&out_a, &rt).unwrap();
     let prov = out.manifest.provenance.clone().unwrap();
     assert_eq!(prov["training"]["steps"].as_u64(), Some(25));
+    assert_eq!(prov["training"]["horizon"].as_u64(), Some(1000), "GLAD's horizon: the train timesteps");
     assert!(prov["base"]["command"].as_str().unwrap().contains("export_bundle.py"));
     assert_eq!(out.manifest.name, "tiny-a");
     let spec = TrainSpec::read(&out_a).unwrap();
@@ -222,6 +224,15 @@ fn training_on_tiny() {
     bad.adam.lr = 2e-3;
     let e = trainer.train(&bad).unwrap_err().to_string();
     assert!(e.contains("key `lr`"), "{e}");
+    let mut bad = opts(&images, &tmp.path().join("x"), 7, 3, false);
+    bad.resume = Some(rep_part.checkpoint.clone());
+    bad.horizon = Some(300);
+    let e = trainer.train(&bad).unwrap_err().to_string();
+    assert!(e.contains("key `horizon`") && e.contains("null") && e.contains("300"), "{e}");
+    let mut bad = opts(&images, &tmp.path().join("x"), 1, 0, false);
+    bad.horizon = Some(1001);
+    let e = trainer.train(&bad).unwrap_err().to_string();
+    assert!(e.contains("--horizon 1001: must be in 1..=1000"), "{e}");
     let e = trainer.train(&opts(&images, &tiny(), 1, 0, false)).unwrap_err().to_string();
     assert!(e.contains("must not be the input bundle"), "{e}");
     assert!(!tiny().with_extension("ckpt").exists(), "a refused run wrote a checkpoint");

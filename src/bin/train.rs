@@ -65,6 +65,12 @@ struct Args {
     /// Without it the source is always the image's own shuffled 8x8 tiles.
     #[arg(long, value_name = "DIR")]
     textures: Option<PathBuf>,
+    /// ATP horizon, beyond GLAD: timesteps are drawn below N and an anomaly is whole at N
+    /// (GLAD: N = the scheduler's train timesteps, 1000, so at a start step T an anomaly is only
+    /// T/1000 there). Set it to the largest denoise_step the bundle will be tuned over, and keep
+    /// the tune grid at or below it. [default: the train timesteps]
+    #[arg(long, value_name = "N")]
+    horizon: Option<usize>,
     /// Write a checkpoint every N steps (it is also written at the end); 0 = only at the end.
     #[arg(long, default_value_t = 100, value_name = "N")]
     checkpoint_every: u64,
@@ -123,6 +129,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         progress: !args.no_progress,
         command: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
         force: args.force,
+        horizon: args.horizon,
     };
     // Before anything is loaded: a refused --out costs nothing (a missing bundle is reported
     // by the loader, naming its bundle.yaml).

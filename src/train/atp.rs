@@ -1,5 +1,12 @@
 //! The ATP sample (GLAD.md, "ATP training", steps 2-5): latents of the normal and the
 //! synthesised image, a timestep, the interpolated latent, the noised input and the target.
+//!
+//! The horizon `H` (beyond GLAD, which has `H = N`, the scheduler's train timesteps) is the
+//! timestep at which the anomaly is fully present: `t ~ U{0..H-1}` and `alpha = t / H`. GLAD
+//! models a trajectory from pure noise at N, so at a start step T far below N its UNet has
+//! only learnt to remove `T/N` of an anomaly, while at inference the anomaly is all there at
+//! T. With `H` at the largest start step inference uses, the UNet learns to remove the whole
+//! anomaly from T and spends every sample on the timesteps inference visits.
 
 use anyhow::{ensure, Result};
 use ndarray::{Array4, ArrayView4, Zip};
@@ -14,7 +21,7 @@ use crate::glad::schedule::AlphaBar;
 pub struct AtpBatch {
     /// `zt = sqrt(ab[t]) zs + sqrt(1 - ab[t]) eps`, `[B, C, h, w]`.
     pub zt: Array4<f32>,
-    /// `t` per sample, uniform in `{0, ..., train_timesteps - 1}`.
+    /// `t` per sample, uniform in `{0, ..., horizon - 1}`.
     pub t: Vec<i64>,
     /// `y = eps - sqrt(ab[t]) / sqrt(1 - ab[t]) * (zs - zn)`, computed in float64.
     pub target: Array4<f32>,
@@ -30,19 +37,38 @@ pub fn sample_latent(mean: ArrayView4<'_, f32>, std: ArrayView4<'_, f32>, scale:
     z
 }
 
-/// Draws `t` (per sample) and `eps` from `rng` and builds the batch. `zn`, `za` are the
-/// (scaled) latents of the normal and the synthesised images.
-pub fn draw(zn: ArrayView4<'_, f32>, za: ArrayView4<'_, f32>, ab: &AlphaBar, rng: &mut ChaCha8Rng) -> Result<AtpBatch> {
-    let b = zn.shape()[0];
-    let t: Vec<i64> = (0..b).map(|_| rng.random_range(0..ab.len() as i64)).collect();
-    let eps = Array4::from_shape_simple_fn(zn.raw_dim(), || rng.sample::<f32, _>(StandardNormal));
-    build(zn, za, &t, eps.view(), ab)
+/// Checks a horizon against the scheduler: `1..=N`.
+pub fn check_horizon(horizon: usize, ab: &AlphaBar) -> Result<()> {
+    ensure!(
+        (1..=ab.len()).contains(&horizon),
+        "--horizon {horizon}: must be in 1..={} (the bundle's scheduler.train_timesteps)",
+        ab.len()
+    );
+    Ok(())
 }
 
-/// The deterministic part: `alpha = t / N` (N = train timesteps), `zs = alpha za + (1 - alpha) zn`,
-/// `zt = sqrt(ab[t]) zs + sqrt(1 - ab[t]) eps`, `y = eps - sqrt(ab[t]) / sqrt(1 - ab[t]) (zs - zn)`,
-/// all in float64, cast to float32 at the end.
-pub fn build(zn: ArrayView4<'_, f32>, za: ArrayView4<'_, f32>, t: &[i64], eps: ArrayView4<'_, f32>, ab: &AlphaBar) -> Result<AtpBatch> {
+/// Draws `t` (per sample, below `horizon`) and `eps` from `rng` and builds the batch. `zn`,
+/// `za` are the (scaled) latents of the normal and the synthesised images.
+pub fn draw(zn: ArrayView4<'_, f32>, za: ArrayView4<'_, f32>, ab: &AlphaBar, horizon: usize, rng: &mut ChaCha8Rng) -> Result<AtpBatch> {
+    check_horizon(horizon, ab)?;
+    let b = zn.shape()[0];
+    let t: Vec<i64> = (0..b).map(|_| rng.random_range(0..horizon as i64)).collect();
+    let eps = Array4::from_shape_simple_fn(zn.raw_dim(), || rng.sample::<f32, _>(StandardNormal));
+    build(zn, za, &t, eps.view(), ab, horizon)
+}
+
+/// The deterministic part: `alpha = t / H` (H = the horizon; GLAD: the train timesteps N),
+/// `zs = alpha za + (1 - alpha) zn`, `zt = sqrt(ab[t]) zs + sqrt(1 - ab[t]) eps`,
+/// `y = eps - sqrt(ab[t]) / sqrt(1 - ab[t]) (zs - zn)`, all in float64, cast to float32 at the end.
+pub fn build(
+    zn: ArrayView4<'_, f32>,
+    za: ArrayView4<'_, f32>,
+    t: &[i64],
+    eps: ArrayView4<'_, f32>,
+    ab: &AlphaBar,
+    horizon: usize,
+) -> Result<AtpBatch> {
+    check_horizon(horizon, ab)?;
     ensure!(
         zn.shape() == za.shape() && zn.shape() == eps.shape(),
         "ATP: latent shapes differ: {:?}, {:?}, {:?}",
@@ -51,13 +77,13 @@ pub fn build(zn: ArrayView4<'_, f32>, za: ArrayView4<'_, f32>, t: &[i64], eps: A
         eps.shape()
     );
     ensure!(t.len() == zn.shape()[0], "ATP: {} timesteps for a batch of {}", t.len(), zn.shape()[0]);
-    let n = ab.len() as f64;
+    let h = horizon as f64;
     let mut zt = Array4::<f32>::zeros(zn.raw_dim());
     let mut target = Array4::<f32>::zeros(zn.raw_dim());
     for (i, &ti) in t.iter().enumerate() {
-        ensure!((0..ab.len() as i64).contains(&ti), "ATP: timestep {ti} outside [0, {})", ab.len());
+        ensure!((0..horizon as i64).contains(&ti), "ATP: timestep {ti} outside [0, {horizon})");
         let a = ab.at(ti) as f64;
-        let alpha = ti as f64 / n;
+        let alpha = ti as f64 / h;
         let (sa, s1a) = (a.sqrt(), (1.0 - a).sqrt());
         Zip::from(zt.slice_mut(ndarray::s![i, .., .., ..]))
             .and(target.slice_mut(ndarray::s![i, .., .., ..]))
@@ -89,7 +115,7 @@ mod tests {
         let za = Array4::from_shape_simple_fn(shape, || rng.sample::<f32, _>(StandardNormal));
         let eps = Array4::from_shape_simple_fn(shape, || rng.sample::<f32, _>(StandardNormal));
         let t = [0i64, 500, 999];
-        let b = build(zn.view(), za.view(), &t, eps.view(), &ab).unwrap();
+        let b = build(zn.view(), za.view(), &t, eps.view(), &ab, 1000).unwrap();
         for (i, &ti) in t.iter().enumerate() {
             let a = ab.at(ti) as f64;
             let alpha = ti as f64 / 1000.0;
@@ -106,7 +132,7 @@ mod tests {
         // t = 0: alpha = 0 so zs = zn and the target is eps exactly.
         assert_eq!(b.target.slice(ndarray::s![0, .., .., ..]), eps.slice(ndarray::s![0, .., .., ..]));
         // with za = zn the target is eps for every t (a normal sample).
-        let b2 = build(zn.view(), zn.view(), &t, eps.view(), &ab).unwrap();
+        let b2 = build(zn.view(), zn.view(), &t, eps.view(), &ab, 1000).unwrap();
         assert!(b2.target.iter().zip(eps.iter()).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 
@@ -114,12 +140,44 @@ mod tests {
     fn draw_is_seeded_and_covers_the_range() {
         let ab = AlphaBar::new(&SchedulerConfig::sd14()).unwrap();
         let z = Array4::<f32>::zeros((64, 1, 1, 1));
-        let a = draw(z.view(), z.view(), &ab, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
-        let b = draw(z.view(), z.view(), &ab, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
+        let a = draw(z.view(), z.view(), &ab, 1000, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
+        let b = draw(z.view(), z.view(), &ab, 1000, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
         assert_eq!(a.t, b.t);
         assert_eq!(a.zt, b.zt);
         assert!(a.t.iter().all(|t| (0..1000).contains(t)));
         assert!(a.t.iter().any(|&t| t < 500) && a.t.iter().any(|&t| t >= 500));
+    }
+
+    #[test]
+    fn horizon_makes_the_anomaly_whole_at_its_end() {
+        let ab = AlphaBar::new(&SchedulerConfig::sd14()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let shape = (2, 1, 2, 2);
+        let zn = Array4::from_shape_simple_fn(shape, || rng.sample::<f32, _>(StandardNormal));
+        let za = Array4::from_shape_simple_fn(shape, || rng.sample::<f32, _>(StandardNormal));
+        let eps = Array4::from_shape_simple_fn(shape, || rng.sample::<f32, _>(StandardNormal));
+        // t = 150 with horizon 300: alpha = 0.5, against 0.15 with GLAD's horizon 1000.
+        let t = [150i64, 299];
+        let b = build(zn.view(), za.view(), &t, eps.view(), &ab, 300).unwrap();
+        for (i, &ti) in t.iter().enumerate() {
+            let a = ab.at(ti) as f64;
+            let alpha = ti as f64 / 300.0;
+            for ((_, c, y, x), &e) in eps.indexed_iter().filter(|((j, ..), _)| *j == i) {
+                let zs = alpha * za[[i, c, y, x]] as f64 + (1.0 - alpha) * zn[[i, c, y, x]] as f64;
+                let want = e as f64 - a.sqrt() / (1.0 - a).sqrt() * (zs - zn[[i, c, y, x]] as f64);
+                assert!((b.target[[i, c, y, x]] as f64 - want).abs() < 1e-5 * want.abs().max(1.0));
+                assert!((b.zt[[i, c, y, x]] as f64 - (a.sqrt() * zs + (1.0 - a).sqrt() * e as f64)).abs() < 1e-6);
+            }
+        }
+        // draws stay below the horizon; a timestep at or past it and a horizon of 0 or past N are refused
+        let z = Array4::<f32>::zeros((64, 1, 1, 1));
+        let d = draw(z.view(), z.view(), &ab, 300, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        assert!(d.t.iter().all(|t| (0..300).contains(t)) && d.t.iter().any(|&t| t >= 150));
+        assert!(build(zn.view(), za.view(), &[300, 0], eps.view(), &ab, 300).unwrap_err().to_string().contains("outside [0, 300)"));
+        for bad in [0, 1001] {
+            let e = draw(z.view(), z.view(), &ab, bad, &mut ChaCha8Rng::seed_from_u64(1)).unwrap_err().to_string();
+            assert!(e.contains(&format!("--horizon {bad}: must be in 1..=1000")), "{e}");
+        }
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct TrainOptions {
     pub command: String,
     /// Replace `out` when it holds an earlier output of train.
     pub force: bool,
+    /// ATP horizon (see `atp`): `None` is GLAD's, the scheduler's train timesteps.
+    pub horizon: Option<usize>,
 }
 
 impl TrainOptions {
@@ -80,7 +82,7 @@ impl TrainOptions {
 
     /// The settings a resumed run must share with the run that wrote the checkpoint.
     fn recipe(&self, batch: usize) -> serde_json::Value {
-        serde_json::json!({
+        let mut r = serde_json::json!({
             "seed": self.seed,
             "batch": batch,
             "fixed_batch": self.fixed_batch,
@@ -91,7 +93,12 @@ impl TrainOptions {
             "eps": self.adam.eps,
             "weight_decay": self.adam.weight_decay,
             "clip_norm": self.adam.clip_norm,
-        })
+        });
+        // only when set, so that checkpoints of GLAD's horizon written before it existed still resume
+        if let Some(h) = self.horizon {
+            r["horizon"] = h.into();
+        }
+        r
     }
 }
 
@@ -145,6 +152,8 @@ pub struct Trainer {
     pub graph: Model,
     pub batch: usize,
     ab: AlphaBar,
+    /// ATP horizon: timesteps are drawn below it (`atp`); the train timesteps by default.
+    horizon: usize,
     /// The `cond` embedding repeated over the batch.
     context: Option<Array3<f32>>,
     /// The bundle's weights (trainable, then frozen).
@@ -227,7 +236,8 @@ impl Trainer {
         let ab = AlphaBar::new(&bundle.manifest.scheduler)?;
         let n: usize = spec.trainable.iter().map(|e| e.numel()).sum();
         tracing::info!(graph = %g, batch, trainable = spec.trainable.len(), values = n, frozen = spec.frozen.len(), "training graph loaded");
-        Ok(Trainer { bundle, spec, graph, batch, ab, context, initial })
+        let horizon = ab.len();
+        Ok(Trainer { bundle, spec, graph, batch, ab, horizon, context, initial })
     }
 
     /// The bundle's weights with fresh optimiser state.
@@ -240,11 +250,15 @@ impl Trainer {
         let ck = Checkpoint::load(path)?;
         let p = path.display();
         if let (Some(have), Some(want)) = (ck.header.recipe.as_object(), recipe.as_object()) {
-            for (k, v) in want {
-                if have.get(k) != Some(v) {
+            // both ways: a key only one side has (an optional setting) differs too
+            for k in want.keys().chain(have.keys()) {
+                let (h, w) = (have.get(k), want.get(k));
+                if h != w {
+                    let null = serde_json::Value::Null;
                     bail!(
-                        "{p}: key `{k}`: the checkpoint was made with {}, this run has {v}: resume with the same settings",
-                        have.get(k).unwrap_or(&serde_json::Value::Null)
+                        "{p}: key `{k}`: the checkpoint was made with {}, this run has {}: resume with the same settings",
+                        h.unwrap_or(&null),
+                        w.unwrap_or(&null)
                     );
                 }
             }
@@ -336,7 +350,7 @@ impl Trainer {
         let mut rng = data::rng_for(seed, data::Purpose::Step, data_step);
         let z = atp::sample_latent(mean.view(), std.view(), models.scaling_factor(), &mut rng);
         let (zn, za) = z.view().split_at(Axis(0), b);
-        let atp = atp::draw(zn, za, &self.ab, &mut rng)?;
+        let atp = atp::draw(zn, za, &self.ab, self.horizon, &mut rng)?;
         tracing::debug!(synthesis_ms = t_synth.as_secs_f64() * 1e3, total_ms = t0.elapsed().as_secs_f64() * 1e3, "batch prepared");
         Ok(PreparedBatch { atp, anomalous: fresh.len(), images: idx })
     }
@@ -415,6 +429,8 @@ impl Trainer {
         let data = Dataset::load(&opts.images, r)?;
         let textures = opts.textures.as_deref().map(TextureDir::open).transpose()?;
         let recipe = opts.recipe(self.batch);
+        self.horizon = opts.horizon.unwrap_or(self.ab.len());
+        atp::check_horizon(self.horizon, &self.ab)?;
         let ckpt = opts.checkpoint_path();
         let mut state = match &opts.resume {
             Some(p) => self.resume_state(p, opts.adam, &recipe)?,
@@ -474,6 +490,7 @@ impl Trainer {
             steps: state.step,
             batch: self.batch,
             fixed_batch: opts.fixed_batch,
+            horizon: self.horizon,
             optimizer: opts.adam,
             resumed_from: opts.resume.as_ref().map(|p| format!("{} (step {start})", p.display())),
             first_loss: losses.first().copied(),

@@ -25,6 +25,8 @@ pub struct Provenance {
     pub steps: u64,
     pub batch: usize,
     pub fixed_batch: bool,
+    /// ATP horizon: timesteps drawn below it, the anomaly whole at it (GLAD: train timesteps).
+    pub horizon: usize,
     pub optimizer: AdamWConfig,
     pub resumed_from: Option<String>,
     pub first_loss: Option<f64>,
