@@ -55,6 +55,7 @@ fn check_metrics(out: &Path, images: u64) {
     assert_eq!(csv.lines().count() as u64, images + 1);
     let gallery: Vec<_> = std::fs::read_dir(out.join("gallery/brick")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(gallery.len() as u64, images);
+    assert!(out.join("gallery/brick/good__001.png").is_file(), "{gallery:?}");
     // input | reconstruction | heatmap | ground truth, or without the reconstruction for the baseline
     let panels = if brick["fidelity"].is_null() { 3 } else { 4 };
     let strip = image::open(&gallery[0]).unwrap();

@@ -138,7 +138,8 @@ pub fn mask_at(mask: &Array2<f32>, s: usize) -> Array2<bool> {
 /// Side of each gallery panel, in pixels.
 pub const PANEL: u32 = 192;
 
-/// `gallery/<class>/<defect>__<name>.png` (named as inspect names outputs, so unique): panels
+/// `gallery/<class>/<defect>__<name>` (named as inspect names outputs, so unique; `.png` added
+/// unless the input is one): panels
 /// input | reconstruction (when there is one) | heatmap over the input, colours spanning the
 /// map's range | ground truth (black for a normal image).
 pub fn save_gallery(
@@ -150,7 +151,10 @@ pub fn save_gallery(
     mask: Option<&Array2<bool>>,
 ) -> Result<()> {
     let rel = Path::new(&sample.defect).join(sample.path.file_name().unwrap_or_default());
-    let name = format!("{}.png", crate::files::output_stem(&rel));
+    // a PNG input keeps its own name (`stain__000.png`); any other gets `.png` added, so
+    // `000.jpg` and `000.png` still differ
+    let stem = crate::files::output_stem(&rel);
+    let name = if stem.to_ascii_lowercase().ends_with(".png") { stem } else { format!("{stem}.png") };
     imaging::save_png(&gallery_panels(img, map, rec, mask), &gallery.join(name))
 }
 
