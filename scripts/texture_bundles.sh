@@ -7,11 +7,12 @@
 #
 #   scripts/texture_bundles.sh pretrain    # torch (scripts/requirements-export.txt); resumable
 #   scripts/texture_bundles.sh class NAME  # train + bank + tune + calibrate one class
+#   scripts/texture_bundles.sh tune NAME   # bank + tune + calibrate an already trained class
 #   scripts/texture_bundles.sh eval NAME   # test-set table: union, bank, reconstruction, baseline
 #
 # Environment: PY (python with torch), GLAD and TRAIN (binaries; default target/release),
 # WORK (checkpoints; default .work/ldm64), THREADS (default 1), STEPS (ATP steps, default 300),
-# HORIZON (train's --horizon; default 300, the largest denoise_step of the tune grid),
+# HORIZON (train's --horizon; default 1000, GLAD's),
 # BASE (the base bundle; default onnx/ldm64, class bundles go beside it as BASE-NAME) and
 # LATENT_CHANNELS (of the autoencoder pretrain makes; default 4), AE_STEPS, AE_LR, UNET_STEPS and
 # UNET_MINUTES (pretrain's stage totals and limits). The committed bundles: LATENT_CHANNELS=8
@@ -25,9 +26,21 @@ TRAIN=${TRAIN:-target/release/train}
 WORK=${WORK:-.work/ldm64}
 THREADS=${THREADS:-1}
 STEPS=${STEPS:-300}
-HORIZON=${HORIZON:-300}
+HORIZON=${HORIZON:-1000}
 BASE=${BASE:-onnx/ldm64}
 LC=(--latent-channels "${LATENT_CHANNELS:-4}")
+
+# Foreign textures for the synthetic anomalies of ATP and of tune's validation set (the way DRAEM
+# and GLAD paste DTD textures): the other classes' train normals, never a test image. Prints the folder.
+foreign() {
+  local dir="$WORK/foreign-$1" o f
+  rm -rf "$dir" && mkdir -p "$dir"
+  for o in data/textures/*/; do
+    o=$(basename "$o")
+    [ "$o" = "$1" ] || for f in data/textures/$o/train/good/*.png; do ln -s "$PWD/$f" "$dir/$o-$(basename "$f")"; done
+  done
+  echo "$dir"
+}
 
 case "${1:-}" in
   pretrain)
@@ -46,21 +59,21 @@ case "${1:-}" in
   class)
     c=${2:?class name}
     out=$BASE-$c
-    # Foreign textures for the synthetic anomalies of ATP and of tune's validation set (the way
-    # DRAEM and GLAD paste DTD textures): the other classes' train normals, never a test image.
-    foreign="$WORK/foreign-$c"
-    rm -rf "$foreign" && mkdir -p "$foreign"
-    for o in data/textures/*/; do
-      o=$(basename "$o")
-      [ "$o" = "$c" ] || for f in data/textures/$o/train/good/*.png; do ln -s "$PWD/$f" "$foreign/$o-$(basename "$f")"; done
-    done
+    foreign=$(foreign "$c")
     "$TRAIN" --bundle "$BASE" --images "data/textures/$c/train/good" --out "$out" --force --textures "$foreign" \
       --checkpoint "$WORK/$c.ckpt" --steps "$STEPS" --batch 8 --lr 1e-4 --warmup 30 \
       --horizon "$HORIZON" --threads "$THREADS" --seed 0 --log-every 25 --no-progress --checkpoint-every 50
     rm -rf "$out/train"   # the training graphs stay with the base bundle
+    "$0" tune "$c"
+    ;;
+  tune)
+    c=${2:?class name}
+    out=$BASE-$c
+    foreign=$(foreign "$c")
     "$GLAD" bank --bundle "$out" --images "data/textures/$c/train/good" --coreset 1.0 --precision f16 --threads "$THREADS"
     "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --textures "$foreign" \
-      --grid-denoise-step 100,200,300 --grid-v 0,0.5,1 --grid-reference reconstruction,bank,union --write-defaults
+      --grid-denoise-step 100,200,300 --grid-v 0,0.5,1 --grid-reference reconstruction,bank,union --write-defaults \
+      --out "$WORK/tune/$c"
     "$GLAD" calibrate --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --write-bundle \
       --write "$WORK/$c-station.yaml"
     ;;
@@ -78,7 +91,7 @@ case "${1:-}" in
     "$GLAD" eval --dataset data/textures --class "$c" --bundle "$BASE-$c" --baseline --threads "$THREADS" --out "$WORK/eval/$c/baseline"
     ;;
   *)
-    echo "usage: scripts/texture_bundles.sh pretrain | class NAME | eval NAME" >&2
+    echo "usage: scripts/texture_bundles.sh pretrain | class NAME | tune NAME | eval NAME" >&2
     exit 64
     ;;
 esac
