@@ -164,11 +164,24 @@ fn tune_ranks_a_grid_and_writes_the_choice() {
     assert!(stdout.contains("chosen point: feature distance input vs reconstruction"), "{stdout}");
     let strips: Vec<_> = std::fs::read_dir(tmp.path().join("report/gallery")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(strips.len(), 8);
+    // the anomalies alternate: DRAEM's synthesis and drawn defects, two of each
+    assert_eq!(report["synthesis"], serde_json::json!(["draem", "drawn"]));
+    let named = |kind: &str| strips.iter().filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(kind)).count();
+    assert_eq!((named("good_"), named("synthetic_"), named("drawn_")), (4, 2, 2), "{strips:?}");
     let strip = image::open(&strips[0]).unwrap();
     assert_eq!((strip.width(), strip.height()), (4 * 192 + 3 * 4, 192));
     // The rewritten bundle still loads.
     let o = glad().arg("info").arg("--bundle").arg(&bundle).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // An unknown synthesis is refused by name.
+    let o =
+        glad().arg("tune").arg("--bundle").arg(&bundle).arg("--images").arg(&val).args(["--synthesis", "draem,cutpaste"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("expected draem or drawn, got `cutpaste`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// `glad calibrate --write-bundle` stores the threshold in bundle.yaml; `inspect` then gives

@@ -1,7 +1,8 @@
 //! `glad tune`: chooses T, K, tau, min_step, v (and the map reference) for a bundle on a
-//! validation set that holds no test image: held-out normal images plus synthetic anomalies
-//! made by `train`'s own anomaly synthesis (Perlin masks; shuffled-tile and texture sources),
-//! scored with `glad eval`'s metrics. A coarse grid: one reconstruction per (T, K, tau,
+//! validation set that holds no test image: held-out normal images plus synthetic anomalies,
+//! by turns made by `train`'s own anomaly synthesis (Perlin masks; shuffled-tile and texture
+//! sources) and drawn onto the image (scratches, stains, holes: `train::drawn`), scored with
+//! `glad eval`'s metrics. A coarse grid: one reconstruction per (T, K, tau,
 //! min_step), scored for every (v, reference) from the same reconstruction.
 
 use std::fmt::Write as _;
@@ -21,6 +22,7 @@ use crate::glad::bank::FeatureBank;
 use crate::glad::{MapReference, ParamOverrides, Params};
 use crate::imaging;
 use crate::train::data::{rng_for, Purpose, TextureDir};
+use crate::train::drawn;
 use crate::train::synth::{synthesize, TextureSource};
 
 #[derive(Debug, Clone, Args)]
@@ -38,6 +40,12 @@ pub struct TuneArgs {
     /// Synthetic anomalies, made from the normal images in turn (default: one per image).
     #[arg(long, value_name = "N")]
     pub anomalies: Option<usize>,
+    /// How the synthetic anomalies are made, taken by turns: `draem` (train's ATP synthesis:
+    /// texture or shuffled-tile pastes through Perlin masks) and `drawn` (scratches, stains and
+    /// holes painted onto the image). Pastes alone favour reconstructions that copy the input,
+    /// since an autoencoder reproduces a foreign texture poorly but a stain faithfully.
+    #[arg(long, value_delimiter = ',', value_name = "LIST", default_value = "draem,drawn", value_parser = parse_synthesis)]
+    pub synthesis: Vec<Synthesis>,
     /// T values to try (default: the bundle's T x 0.5, 0.75, 1).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub grid_denoise_step: Vec<usize>,
@@ -72,6 +80,21 @@ pub struct TuneArgs {
     /// image at the chosen point).
     #[arg(long, short = 'o', default_value = "out/tune", value_name = "DIR")]
     pub out: PathBuf,
+}
+
+/// A way of making validation anomalies (`--synthesis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synthesis {
+    Draem,
+    Drawn,
+}
+
+fn parse_synthesis(s: &str) -> Result<Synthesis, String> {
+    match s {
+        "draem" => Ok(Synthesis::Draem),
+        "drawn" => Ok(Synthesis::Drawn),
+        _ => Err(format!("expected draem or drawn, got `{s}`")),
+    }
 }
 
 fn parse_reference(s: &str) -> Result<MapReference, String> {
@@ -131,9 +154,11 @@ fn validation_set(
     r: usize,
     s: usize,
     anomalies: usize,
+    synthesis: &[Synthesis],
     textures: Option<&dyn TextureSource>,
     seed: u64,
 ) -> Result<ValSet> {
+    anyhow::ensure!(!synthesis.is_empty(), "--synthesis: name at least one of draem, drawn");
     let images: Vec<image::RgbImage> = files.iter().map(|p| imaging::load_rgb(p).map(|i| imaging::resize(&i, r))).collect::<Result<_>>()?;
     let n = images.len() + anomalies;
     let mut x = Array4::<f32>::zeros((n, 3, r, r));
@@ -144,18 +169,32 @@ fn validation_set(
         masks.push(None);
         names.push(p.clone());
     }
+    let min_area = 20.0; // pixels: a visible defect
     for k in 0..anomalies {
         let src = k % images.len();
-        // Draw until the synthesis is anomalous with a visible mask (it is normal with p = 0.5).
+        let how = synthesis[k % synthesis.len()];
+        // Draw until the synthesis is anomalous with a visible mask (DRAEM's is normal with p = 0.5).
         let mut rng = rng_for(seed, Purpose::Sample, k as u64);
-        let syn = (0..64)
-            .map(|_| synthesize(&images[src], textures, None, &mut rng))
-            .find(|s| s.as_ref().map_or(true, |s| s.anomalous && s.mask.sum() >= 20.0))
-            .with_context(|| format!("no anomalous synthesis of {} in 64 draws", files[src].display()))??;
-        x.index_axis_mut(Axis(0), images.len() + k).assign(&syn.image);
+        let (image, mask) = (0..64)
+            .map(|_| match how {
+                Synthesis::Draem => synthesize(&images[src], textures, None, &mut rng).map(|s| s.anomalous.then_some((s.image, s.mask))),
+                Synthesis::Drawn => drawn::draw(&images[src], &mut rng).map(|d| Some((d.image, d.mask))),
+            })
+            .find_map(|s| match s {
+                Ok(Some((_, m))) if m.sum() < min_area => None,
+                Ok(None) => None,
+                other => Some(other),
+            })
+            .with_context(|| format!("no {how:?} anomaly of {} with a visible mask in 64 draws", files[src].display()))??
+            .expect("kept only anomalous draws");
+        x.index_axis_mut(Axis(0), images.len() + k).assign(&image);
         labels.push(true);
-        masks.push(Some(mask_at(&syn.mask, s)));
-        names.push(PathBuf::from(format!("synthetic/{k:03}<-{}", files[src].display())));
+        masks.push(Some(mask_at(&mask, s)));
+        let tag = match how {
+            Synthesis::Draem => "synthetic",
+            Synthesis::Drawn => "drawn",
+        };
+        names.push(PathBuf::from(format!("{tag}/{k:03}<-{}", files[src].display())));
     }
     Ok(ValSet { x, labels, masks, names })
 }
@@ -193,7 +232,7 @@ pub fn run(args: TuneArgs) -> Result<bool> {
     let anomalies = args.anomalies.unwrap_or(files.len());
     check_validation_size(files.len(), anomalies, r)?;
     let seed = args.params.seed.unwrap_or(settings.config.noise.seed);
-    let val = validation_set(&files, r, s, anomalies, textures.as_ref().map(|t| t as &dyn TextureSource), seed)?;
+    let val = validation_set(&files, r, s, anomalies, &args.synthesis, textures.as_ref().map(|t| t as &dyn TextureSource), seed)?;
     let n = val.labels.len();
     let noise_src = settings.noise()?;
     let noise = noise_src.draw(&(0..n).collect::<Vec<_>>(), engine.latent_shape())?;
@@ -303,6 +342,7 @@ pub fn run(args: TuneArgs) -> Result<bool> {
     let json = serde_json::json!({
         "normals": files.len(),
         "synthetic_anomalies": anomalies,
+        "synthesis": args.synthesis.iter().map(|k| format!("{k:?}").to_lowercase()).collect::<Vec<_>>(),
         "chosen": { "denoise_step": best.denoise_step, "steps": best.steps, "tau": best.tau, "min_step": best.min_step, "v": best.v, "reference": format!("{:?}", best.reference).to_lowercase() },
         "fidelity": fidelity,
         "grid": trials.iter().map(|t| serde_json::json!({
@@ -378,7 +418,8 @@ fn report(
             fidelity.add(&tx[j], &tr[j], val.masks[i].as_ref())?;
             let img = imaging::tensor_to_rgb(xb.index_axis(Axis(0), j));
             let panels = gallery_panels(&img, &m.map, Some(rec.images.index_axis(Axis(0), j)), val.masks[i].as_ref());
-            let kind = if val.labels[i] { "synthetic" } else { "good" };
+            // `synthetic/…` (DRAEM), `drawn/…` or the normal's own path
+            let kind = if val.labels[i] { val.names[i].iter().next().and_then(|c| c.to_str()).unwrap_or("synthetic") } else { "good" };
             imaging::save_png(&panels, &gallery.join(format!("{kind}_{i:03}.png")))?;
         }
     }

@@ -39,11 +39,7 @@ pub fn sample_latent(mean: ArrayView4<'_, f32>, std: ArrayView4<'_, f32>, scale:
 
 /// Checks a horizon against the scheduler: `1..=N`.
 pub fn check_horizon(horizon: usize, ab: &AlphaBar) -> Result<()> {
-    ensure!(
-        (1..=ab.len()).contains(&horizon),
-        "--horizon {horizon}: must be in 1..={} (the bundle's scheduler.train_timesteps)",
-        ab.len()
-    );
+    ensure!((1..=ab.len()).contains(&horizon), "--horizon {horizon}: must be in 1..={} (the bundle's scheduler.train_timesteps)", ab.len());
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod adamw;
 pub mod atp;
 pub mod checkpoint;
 pub mod data;
+pub mod drawn;
 pub mod output;
 pub mod spec;
 pub mod synth;
