@@ -1,6 +1,12 @@
 //! The ATP sample (GLAD.md, "ATP training", steps 2-5): latents of the normal and the
 //! synthesised image, a timestep, the interpolated latent, the noised input and the target.
 //!
+//! The target is the reference code's (`predict_eps(alphas_cumprod, synthesis_features,
+//! supervise_input, ...)` in GLAD's main.py): `y = (sqrt(ab) zs + sqrt(1-ab) eps - sqrt(ab) zn)
+//! / sqrt(1-ab) = eps + sqrt(ab)/sqrt(1-ab) (zs - zn)`, the noise whose x0-prediction from
+//! `zt` is exactly the normal latent `zn`. GLAD.md's step 5 has `zs` and `zn` swapped, a
+//! target whose x0-prediction is `2 zs - zn`: it teaches the UNet to double an anomaly.
+//!
 //! The horizon `H` (beyond GLAD, which has `H = N`, the scheduler's train timesteps) is the
 //! timestep at which the anomaly is fully present: `t ~ U{0..H-1}` and `alpha = t / H`. GLAD
 //! models a trajectory from pure noise at N, so at a start step T far below N its UNet has
@@ -23,7 +29,7 @@ pub struct AtpBatch {
     pub zt: Array4<f32>,
     /// `t` per sample, uniform in `{0, ..., horizon - 1}`.
     pub t: Vec<i64>,
-    /// `y = eps - sqrt(ab[t]) / sqrt(1 - ab[t]) * (zs - zn)`, computed in float64.
+    /// `y = eps + sqrt(ab[t]) / sqrt(1 - ab[t]) * (zs - zn)`, computed in float64.
     pub target: Array4<f32>,
 }
 
@@ -55,7 +61,7 @@ pub fn draw(zn: ArrayView4<'_, f32>, za: ArrayView4<'_, f32>, ab: &AlphaBar, hor
 
 /// The deterministic part: `alpha = t / H` (H = the horizon; GLAD: the train timesteps N),
 /// `zs = alpha za + (1 - alpha) zn`, `zt = sqrt(ab[t]) zs + sqrt(1 - ab[t]) eps`,
-/// `y = eps - sqrt(ab[t]) / sqrt(1 - ab[t]) (zs - zn)`, all in float64, cast to float32 at the end.
+/// `y = eps + sqrt(ab[t]) / sqrt(1 - ab[t]) (zs - zn)`, all in float64, cast to float32 at the end.
 pub fn build(
     zn: ArrayView4<'_, f32>,
     za: ArrayView4<'_, f32>,
@@ -90,7 +96,7 @@ pub fn build(
                 let (zn, za, e) = (zn as f64, za as f64, e as f64);
                 let zs = alpha * za + (1.0 - alpha) * zn;
                 *zt = (sa * zs + s1a * e) as f32;
-                *y = (e - sa / s1a * (zs - zn)) as f32;
+                *y = (e + sa / s1a * (zs - zn)) as f32;
             });
     }
     Ok(AtpBatch { zt, t: t.to_vec(), target })
@@ -119,10 +125,15 @@ mod tests {
                 let (n, an) = (zn[[i, c, y, x]] as f64, za[[i, c, y, x]] as f64);
                 let zs = alpha * an + (1.0 - alpha) * n;
                 let zt = a.sqrt() * zs + (1.0 - a).sqrt() * e as f64;
-                // GLAD.md's first form: (sqrt(ab) zn + sqrt(1-ab) eps - sqrt(ab) zs) / sqrt(1-ab)
-                let y1 = (a.sqrt() * n + (1.0 - a).sqrt() * e as f64 - a.sqrt() * zs) / (1.0 - a).sqrt();
+                // the reference's predict_eps: (sqrt(ab) zs + sqrt(1-ab) eps - sqrt(ab) zn) / sqrt(1-ab)
+                let y1 = (a.sqrt() * zs + (1.0 - a).sqrt() * e as f64 - a.sqrt() * n) / (1.0 - a).sqrt();
                 assert!((b.zt[[i, c, y, x]] as f64 - zt).abs() < 1e-6);
                 assert!((b.target[[i, c, y, x]] as f64 - y1).abs() < 1e-5 * y1.abs().max(1.0), "t={ti}");
+                // what it is for: the x0-prediction of zt with noise y is the normal latent
+                if ti > 0 {
+                    let x0 = (zt - (1.0 - a).sqrt() * b.target[[i, c, y, x]] as f64) / a.sqrt();
+                    assert!((x0 - n).abs() < 1e-4 * n.abs().max(1.0), "t={ti}: x0 {x0} vs zn {n}");
+                }
             }
         }
         // t = 0: alpha = 0 so zs = zn and the target is eps exactly.
@@ -160,7 +171,7 @@ mod tests {
             let alpha = ti as f64 / 300.0;
             for ((_, c, y, x), &e) in eps.indexed_iter().filter(|((j, ..), _)| *j == i) {
                 let zs = alpha * za[[i, c, y, x]] as f64 + (1.0 - alpha) * zn[[i, c, y, x]] as f64;
-                let want = e as f64 - a.sqrt() / (1.0 - a).sqrt() * (zs - zn[[i, c, y, x]] as f64);
+                let want = e as f64 + a.sqrt() / (1.0 - a).sqrt() * (zs - zn[[i, c, y, x]] as f64);
                 assert!((b.target[[i, c, y, x]] as f64 - want).abs() < 1e-5 * want.abs().max(1.0));
                 assert!((b.zt[[i, c, y, x]] as f64 - (a.sqrt() * zs + (1.0 - a).sqrt() * e as f64)).abs() < 1e-6);
             }
