@@ -12,12 +12,12 @@
 #
 # Environment: PY (python with torch), GLAD and TRAIN (binaries; default target/release),
 # WORK (checkpoints; default .work/ldm64), THREADS (default 1), STEPS (ATP steps, default 300),
-# HORIZON (train's --horizon; default 1000, GLAD's),
+# HORIZON (train's --horizon; default 300, the largest denoise_step of the tune grid; GLAD's is 1000),
 # BASE (the base bundle; default onnx/ldm64, class bundles go beside it as BASE-NAME) and
 # LATENT_CHANNELS (of the autoencoder pretrain makes; default 4), AE_STEPS, AE_LR, UNET_STEPS and
 # UNET_MINUTES (pretrain's stage totals and limits). The committed bundles: LATENT_CHANNELS=8
 # AE_STEPS=6000 AE_LR=1e-3 UNET_MINUTES=56 for pretrain, STEPS=300 for brick and 1500 for grass
-# and gravel.
+# and gravel, HORIZON=300.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -26,7 +26,7 @@ TRAIN=${TRAIN:-target/release/train}
 WORK=${WORK:-.work/ldm64}
 THREADS=${THREADS:-1}
 STEPS=${STEPS:-300}
-HORIZON=${HORIZON:-1000}
+HORIZON=${HORIZON:-300}
 BASE=${BASE:-onnx/ldm64}
 LC=(--latent-channels "${LATENT_CHANNELS:-4}")
 
@@ -63,7 +63,7 @@ case "${1:-}" in
     "$TRAIN" --bundle "$BASE" --images "data/textures/$c/train/good" --out "$out" --force --textures "$foreign" \
       --checkpoint "$WORK/$c.ckpt" --steps "$STEPS" --batch 8 --lr 1e-4 --warmup 30 \
       --horizon "$HORIZON" --threads "$THREADS" --seed 0 --log-every 25 --no-progress --checkpoint-every 50
-    rm -rf "$out/train"   # the training graphs stay with the base bundle
+    rm -rf "$out/train" "$out/README.md"   # the training graphs and the base's README stay with the base bundle
     "$0" tune "$c"
     ;;
   tune)
