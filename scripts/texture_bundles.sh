@@ -42,6 +42,17 @@ foreign() {
   echo "$dir"
 }
 
+# bank + tune + calibrate of class $1 (bundle $BASE-$1), with the foreign textures in $2
+tune_class() {
+  local c=$1 foreign=$2 out=$BASE-$1
+  "$GLAD" bank --bundle "$out" --images "data/textures/$c/train/good" --coreset 1.0 --precision f16 --threads "$THREADS"
+  "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --textures "$foreign" \
+    --grid-denoise-step 100,200,300 --grid-v 0,0.5,1 --grid-reference reconstruction,bank,union --write-defaults \
+    --out "$WORK/tune/$c"
+  "$GLAD" calibrate --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --write-bundle \
+    --write "$WORK/$c-station.yaml"
+}
+
 case "${1:-}" in
   pretrain)
     # Continues from the committed base bundle when the torch checkpoints are gone (`recover`
@@ -64,18 +75,10 @@ case "${1:-}" in
       --checkpoint "$WORK/$c.ckpt" --steps "$STEPS" --batch 8 --lr 1e-4 --warmup 30 \
       --horizon "$HORIZON" --threads "$THREADS" --seed 0 --log-every 25 --no-progress --checkpoint-every 50
     rm -rf "$out/train" "$out/README.md"   # the training graphs and the base's README stay with the base bundle
-    "$0" tune "$c"
+    tune_class "$c" "$foreign"
     ;;
   tune)
-    c=${2:?class name}
-    out=$BASE-$c
-    foreign=$(foreign "$c")
-    "$GLAD" bank --bundle "$out" --images "data/textures/$c/train/good" --coreset 1.0 --precision f16 --threads "$THREADS"
-    "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --textures "$foreign" \
-      --grid-denoise-step 100,200,300 --grid-v 0,0.5,1 --grid-reference reconstruction,bank,union --write-defaults \
-      --out "$WORK/tune/$c"
-    "$GLAD" calibrate --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --write-bundle \
-      --write "$WORK/$c-station.yaml"
+    tune_class "${2:?class name}" "$(foreign "${2:?class name}")"
     ;;
   eval)
     c=${2:?class name}

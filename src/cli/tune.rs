@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ndarray::{Array2, Array4, Axis};
+use ndarray::{Array2, Array3, Array4, Axis};
 
 use super::inspect::progress;
 use super::{CommonArgs, ParamArgs, Settings};
@@ -126,6 +126,8 @@ impl Trial {
 struct ValSet {
     x: Array4<f32>,
     labels: Vec<bool>,
+    /// `good`, or how the anomaly was made (`synthetic`: DRAEM, `drawn`): the gallery's prefix.
+    kinds: Vec<&'static str>,
     masks: Vec<Option<Array2<bool>>>,
     names: Vec<PathBuf>,
 }
@@ -162,31 +164,36 @@ fn validation_set(
     let images: Vec<image::RgbImage> = files.iter().map(|p| imaging::load_rgb(p).map(|i| imaging::resize(&i, r))).collect::<Result<_>>()?;
     let n = images.len() + anomalies;
     let mut x = Array4::<f32>::zeros((n, 3, r, r));
-    let (mut labels, mut masks, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut labels, mut kinds, mut masks, mut names) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, (img, p)) in images.iter().zip(files).enumerate() {
         x.index_axis_mut(Axis(0), i).assign(&imaging::preprocess(img, r));
         labels.push(false);
+        kinds.push("good");
         masks.push(None);
         names.push(p.clone());
     }
-    let min_area = 20.0; // pixels: a visible defect
+    const MIN_AREA: f32 = 20.0; // pixels: a visible defect
     for k in 0..anomalies {
         let src = k % images.len();
         let how = synthesis[k % synthesis.len()];
         // Draw until the synthesis is anomalous with a visible mask (DRAEM's is normal with p = 0.5).
         let mut rng = rng_for(seed, Purpose::Sample, k as u64);
         let (image, mask) = (0..64)
-            .map(|_| match how {
-                Synthesis::Draem => synthesize(&images[src], textures, None, &mut rng).map(|s| s.anomalous.then_some((s.image, s.mask))),
-                Synthesis::Drawn => drawn::draw(&images[src], &mut rng).map(|d| Some((d.image, d.mask))),
+            .map(|_| -> Result<Option<(Array3<f32>, Array2<f32>)>> {
+                let drawn = match how {
+                    Synthesis::Draem => {
+                        let s = synthesize(&images[src], textures, None, &mut rng)?;
+                        s.anomalous.then_some((s.image, s.mask))
+                    }
+                    Synthesis::Drawn => {
+                        let d = drawn::draw(&images[src], &mut rng)?;
+                        Some((d.image, d.mask))
+                    }
+                };
+                Ok(drawn.filter(|(_, m)| m.sum() >= MIN_AREA))
             })
-            .find_map(|s| match s {
-                Ok(Some((_, m))) if m.sum() < min_area => None,
-                Ok(None) => None,
-                other => Some(other),
-            })
-            .with_context(|| format!("no {how:?} anomaly of {} with a visible mask in 64 draws", files[src].display()))??
-            .expect("kept only anomalous draws");
+            .find_map(Result::transpose)
+            .with_context(|| format!("no {how:?} anomaly of {} with a visible mask in 64 draws", files[src].display()))??;
         x.index_axis_mut(Axis(0), images.len() + k).assign(&image);
         labels.push(true);
         masks.push(Some(mask_at(&mask, s)));
@@ -194,9 +201,10 @@ fn validation_set(
             Synthesis::Draem => "synthetic",
             Synthesis::Drawn => "drawn",
         };
+        kinds.push(tag);
         names.push(PathBuf::from(format!("{tag}/{k:03}<-{}", files[src].display())));
     }
-    Ok(ValSet { x, labels, masks, names })
+    Ok(ValSet { x, labels, kinds, masks, names })
 }
 
 fn or_default<T: Clone>(given: &[T], default: Vec<T>) -> Vec<T> {
@@ -418,9 +426,7 @@ fn report(
             fidelity.add(&tx[j], &tr[j], val.masks[i].as_ref())?;
             let img = imaging::tensor_to_rgb(xb.index_axis(Axis(0), j));
             let panels = gallery_panels(&img, &m.map, Some(rec.images.index_axis(Axis(0), j)), val.masks[i].as_ref());
-            // `synthetic/…` (DRAEM), `drawn/…` or the normal's own path
-            let kind = if val.labels[i] { val.names[i].iter().next().and_then(|c| c.to_str()).unwrap_or("synthetic") } else { "good" };
-            imaging::save_png(&panels, &gallery.join(format!("{kind}_{i:03}.png")))?;
+            imaging::save_png(&panels, &gallery.join(format!("{}_{i:03}.png", val.kinds[i])))?;
         }
     }
     Ok(fidelity)

@@ -41,7 +41,6 @@ pub fn draw(x: &RgbImage, rng: &mut ChaCha8Rng) -> Result<Drawn> {
     let kind = KINDS[rng.random_range(0..KINDS.len())];
     // [0, 1] per channel
     let mut v = Array3::from_shape_fn((3, r, r), |(c, y, xx)| x.get_pixel(xx as u32, y as u32)[c] as f32 / 255.0);
-    // coverage in [0, 1] of the defect's paint at each pixel, and the paint (None: additive)
     let rf = r as f32;
     let mut mask = Array2::<f32>::zeros((r, r));
     match kind {
