@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a small MVTec-layout anomaly-detection dataset from scikit-image's CC0 textures.
 
-    python3 scripts/make_texture_dataset.py [--out data/textures] [--seed 20240607]
+    python3 scripts/make_texture_dataset.py [--out data/textures] [--seed 20240607] [--test-repeat K]
 
 Sources: skimage/data/brick.png, grass.png, gravel.png (512x512, 8-bit grayscale), read
 straight from the installed scikit-image package (no download function is called). The
@@ -29,6 +29,10 @@ Per class (brick, grass, gravel), all 128x128 8-bit grayscale PNGs:
              1 px soft edge; mask = ellipse;
     hole:    an irregular blob filled with a flat near-black value (0-12, +-2 noise),
              1 px soft edge; mask = blob.
+
+--test-repeat K (K > 1) makes a larger check set instead: the same train/ and validation/, and
+K times as many test crops (K x 8 good, K x 4 per defect) from the same rows, drawn by a third
+generator seeded with --seed + 2, so they are other crops than those of the default test/.
 
 Everything is drawn from numpy's PCG64 generator seeded with --seed, so a rerun with the
 same seed, numpy and Pillow writes byte-identical files. test/ is the same as in the first
@@ -178,11 +182,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="data/textures")
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--test-repeat", type=int, default=1, metavar="K",
+                    help="K > 1: K times the test crops, drawn apart from the default test set")
     args = ap.parse_args()
+    if args.test_repeat < 1:
+        ap.error(f"--test-repeat: expected an integer >= 1, got {args.test_repeat}")
+    k = args.test_repeat
 
     tex = load_textures()
     rng = np.random.default_rng(args.seed)
     rng_train = np.random.default_rng(args.seed + 1)
+    rng_check = np.random.default_rng(args.seed + 2) if k > 1 else None
     if os.path.exists(args.out):
         for c in CLASSES:
             shutil.rmtree(os.path.join(args.out, c), ignore_errors=True)
@@ -201,33 +211,35 @@ def main():
         os.makedirs(d)
         for i in range(N_VAL):
             save_u8(os.path.join(d, f"{i:03d}.png"), crop(rng_train, t, 0, TRAIN_ROWS - 1, VAL_COL0, 511))
+        # the default test/ keeps its draws from rng; a check set draws apart from them
+        rt = rng_check if rng_check is not None else rng
         d = os.path.join(base, "test", "good")
         os.makedirs(d)
-        for i in range(N_TEST_GOOD):
-            save_u8(os.path.join(d, f"{i:03d}.png"), crop(rng, t, TEST_ROW0, 511))
+        for i in range(N_TEST_GOOD * k):
+            save_u8(os.path.join(d, f"{i:03d}.png"), crop(rt, t, TEST_ROW0, 511))
         for defect in DEFECTS:
             d = os.path.join(base, "test", defect)
             g = os.path.join(base, "ground_truth", defect)
             os.makedirs(d)
             os.makedirs(g)
-            for i in range(N_DEFECT):
-                img = crop(rng, t, TEST_ROW0, 511)
+            for i in range(N_DEFECT * k):
+                img = crop(rt, t, TEST_ROW0, 511)
                 for _attempt in range(100):
                     if defect == "scratch":
-                        out, mask = defect_scratch(rng, img)
+                        out, mask = defect_scratch(rt, img)
                     elif defect == "stain":
-                        out, mask = defect_stain(rng, img)
+                        out, mask = defect_stain(rt, img)
                     elif defect == "paste":
-                        out, mask = defect_paste(rng, img, others)
+                        out, mask = defect_paste(rt, img, others)
                     else:
-                        out, mask = defect_hole(rng, img)
+                        out, mask = defect_hole(rt, img)
                     if mask.sum() >= 20:
                         break
                 else:
                     raise RuntimeError(f"{c}/{defect}/{i}: empty mask")
                 save_u8(os.path.join(d, f"{i:03d}.png"), out)
                 save_u8(os.path.join(g, f"{i:03d}_mask.png"), mask.astype(np.uint8) * 255)
-        counts[c] = (N_TRAIN, N_VAL, N_TEST_GOOD, N_DEFECT * len(DEFECTS))
+        counts[c] = (N_TRAIN, N_VAL, N_TEST_GOOD * k, N_DEFECT * k * len(DEFECTS))
     total = 0
     for root, _, files in os.walk(args.out):
         for f in files:

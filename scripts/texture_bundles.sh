@@ -8,12 +8,14 @@
 #   scripts/texture_bundles.sh pretrain    # torch (scripts/requirements-export.txt); resumable
 #   scripts/texture_bundles.sh class NAME  # train + bank + tune + calibrate one class
 #   scripts/texture_bundles.sh tune NAME   # bank + tune + calibrate an already trained class
-#   scripts/texture_bundles.sh eval NAME   # test-set table: union, bank, reconstruction, baseline
+#   scripts/texture_bundles.sh eval NAME   # test-set table: tuned defaults, bank, reconstruction, union, baseline
 #
 # Environment: PY (python with torch), GLAD and TRAIN (binaries; default target/release),
 # WORK (checkpoints; default .work/ldm64), THREADS (default 1), STEPS (ATP steps, default 300),
 # HORIZON (train's --horizon; default 300, the largest denoise_step of the tune grid; GLAD's is 1000),
-# BASE (the base bundle; default onnx/ldm64, class bundles go beside it as BASE-NAME) and
+# BASE (the base bundle; default onnx/ldm64, class bundles go beside it as BASE-NAME),
+# ANOMALIES (tune's synthetic validation anomalies; default 120, three per validation normal),
+# DATASET (what `eval` scores; default data/textures),
 # LATENT_CHANNELS (of the autoencoder pretrain makes; default 4), AE_STEPS, AE_LR, UNET_STEPS and
 # UNET_MINUTES (pretrain's stage totals and limits). The committed bundles: LATENT_CHANNELS=8
 # AE_STEPS=6000 AE_LR=1e-3 UNET_MINUTES=56 for pretrain, STEPS=300 for brick and 1500 for grass
@@ -27,6 +29,8 @@ WORK=${WORK:-.work/ldm64}
 THREADS=${THREADS:-1}
 STEPS=${STEPS:-300}
 HORIZON=${HORIZON:-300}
+ANOMALIES=${ANOMALIES:-120}
+DATASET=${DATASET:-data/textures}
 BASE=${BASE:-onnx/ldm64}
 LC=(--latent-channels "${LATENT_CHANNELS:-4}")
 
@@ -47,7 +51,7 @@ tune_class() {
   local c=$1 foreign=$2 out=$BASE-$1
   "$GLAD" bank --bundle "$out" --images "data/textures/$c/train/good" --coreset 1.0 --precision f16 --threads "$THREADS"
   "$GLAD" tune --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --textures "$foreign" \
-    --grid-denoise-step 100,200,300 --grid-v 0,0.5,1 --grid-reference reconstruction,bank,union --write-defaults \
+    --anomalies "$ANOMALIES" --grid-denoise-step 100,200,300 --grid-v 0,0.5,1 --grid-reference reconstruction,bank,union --write-defaults \
     --out "$WORK/tune/$c"
   "$GLAD" calibrate --bundle "$out" --images "data/textures/$c/validation/good" --threads "$THREADS" --write-bundle \
     --write "$WORK/$c-station.yaml"
@@ -86,12 +90,14 @@ case "${1:-}" in
     trap 'rm -rf "$tmp"' EXIT
     # bank alone: no pixel term either (v = 0), so nothing of the reconstruction enters the map
     printf 'glad:\n  reference: bank\n  v: 0.0\n' > "$tmp/bank.yaml"
+    # the other references at the tuned T, tau and v
     printf 'glad:\n  reference: reconstruction\n' > "$tmp/reconstruction.yaml"
-    "$GLAD" eval --dataset data/textures --class "$c" --bundle "$BASE-$c" --threads "$THREADS" --out "$WORK/eval/$c/tuned"
-    for r in bank reconstruction; do
-      "$GLAD" eval --dataset data/textures --class "$c" --bundle "$BASE-$c" --config "$tmp/$r.yaml" --threads "$THREADS" --out "$WORK/eval/$c/$r"
+    printf 'glad:\n  reference: union\n' > "$tmp/union.yaml"
+    "$GLAD" eval --dataset "$DATASET" --class "$c" --bundle "$BASE-$c" --threads "$THREADS" --out "$WORK/eval/$c/tuned"
+    for r in bank reconstruction union; do
+      "$GLAD" eval --dataset "$DATASET" --class "$c" --bundle "$BASE-$c" --config "$tmp/$r.yaml" --threads "$THREADS" --out "$WORK/eval/$c/$r"
     done
-    "$GLAD" eval --dataset data/textures --class "$c" --bundle "$BASE-$c" --baseline --threads "$THREADS" --out "$WORK/eval/$c/baseline"
+    "$GLAD" eval --dataset "$DATASET" --class "$c" --bundle "$BASE-$c" --baseline --threads "$THREADS" --out "$WORK/eval/$c/baseline"
     ;;
   *)
     echo "usage: scripts/texture_bundles.sh pretrain | class NAME | tune NAME | eval NAME" >&2

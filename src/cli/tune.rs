@@ -316,7 +316,7 @@ pub fn run(args: TuneArgs) -> Result<bool> {
                     }
                     scored[c].push(Scored {
                         path: val.names[i].clone(),
-                        defect: if val.labels[i] { "synthetic".into() } else { "good".into() },
+                        defect: val.kinds[i].into(),
                         label: val.labels[i],
                         score: m.score,
                         adp_step: rec.adp[j].map(|a| a.step),
