@@ -65,12 +65,19 @@ struct IdleStream {
 }
 
 impl IdleStream {
-    fn progressed(&mut self) {
-        self.sleep.as_mut().reset(tokio::time::Instant::now() + self.idle);
-    }
-
-    fn timed_out(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        self.sleep.as_mut().poll(cx).is_ready()
+    /// What a read or write of the inner stream returned, seen through the idle timer: progress
+    /// re-arms it, and a pending call past it ends the connection.
+    fn watch<T>(&mut self, cx: &mut std::task::Context<'_>, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.sleep.as_mut().reset(tokio::time::Instant::now() + self.idle);
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.sleep.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection closed")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -84,32 +91,16 @@ impl tokio::io::AsyncRead for IdleStream {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.timed_out(cx) => {
-                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection closed")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.watch(cx, r)
     }
 }
 
 impl tokio::io::AsyncWrite for IdleStream {
     fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.timed_out(cx) => {
-                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection closed")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, r)
     }
 
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
