@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Stacks PNG strips (e.g. `glad eval` gallery strips) top to bottom into one PNG, 4 px apart,
-left-aligned on black: how docs/img/ldm64_gallery.png is made from three eval galleries.
+left-aligned on black: how docs/img/ldm64_gallery.png is made from the tuned eval galleries
+(`scripts/texture_bundles.sh eval NAME`).
 
     python3 scripts/stack_images.py docs/img/ldm64_gallery.png \
         .work/ldm64/eval/brick/tuned/gallery/brick/stain__000.png \
         .work/ldm64/eval/brick/tuned/gallery/brick/scratch__000.png \
-        .work/ldm64/eval/grass/bank/gallery/grass/stain__000.png
+        .work/ldm64/eval/grass/tuned/gallery/grass/stain__000.png \
+        .work/ldm64/eval/gravel/tuned/gallery/gravel/hole__000.png
 """
 import argparse
 import sys

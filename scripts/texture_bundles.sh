@@ -82,7 +82,8 @@ case "${1:-}" in
     tune_class "$c" "$foreign"
     ;;
   tune)
-    tune_class "${2:?class name}" "$(foreign "${2:?class name}")"
+    c=${2:?class name}
+    tune_class "$c" "$(foreign "$c")"
     ;;
   eval)
     c=${2:?class name}
