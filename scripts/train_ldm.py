@@ -9,6 +9,16 @@ Diffusion, at a size one CPU core trains. Per class, `train` then ATP-fine-tunes
     python3 scripts/train_ldm.py sample --work DIR        # reconstruction check on validation normals
     python3 scripts/train_ldm.py recover --work DIR --out onnx/ldm64   # checkpoints from a bundle
     python3 scripts/train_ldm.py atp-bench --work DIR --batch 8 --steps 20   # torch's step time, vs `train`
+    python3 scripts/train_ldm.py fidelity --work DIR [--eval data/unseen] [--json F]   # per-class PSNR table
+
+--data-dir FOLDER (ae, unet) pretrains on every PNG under FOLDER instead of --data's train
+normals: the broad set of scripts/make_pretrain_set.py (64 px, gray or RGB), as
+`scripts/texture_bundles.sh pretrain-broad` does for onnx/ldm64-base. The UNet's latents are
+then each image and its horizontal flip (the set holds its own crops, scales and rotations).
+Each ae/unet run appends what it did (steps, seconds, steps/s, data) to DIR/runs.json, and
+`recover` writes DIR/origin.json; `export` copies both, and the set's manifest summary, into
+the bundle's provenance. A stage resumed from weights without optimiser state (`recover`)
+warms its learning rate up again (ae 200, unet 500 steps).
 
 Each stage resumes from its checkpoint in DIR (`ae.pt`, `unet.pt`: weights, EMA, optimiser, step
 and RNG states) and stops at --steps (a total, not an increment) or after --minutes, saving on
@@ -75,6 +85,51 @@ def load_split(data, split, classes=CLASSES):
             a = np.asarray(Image.open(f).convert("RGB"), dtype=F32) / 127.5 - 1.0
             xs.append(a.transpose(2, 0, 1))
     return torch.from_numpy(np.stack(xs))
+
+
+def load_folder(folder):
+    """Every PNG under `folder` (recursive, sorted by path) as [N,3,R,R] float32 in [-1,1]
+    (grayscale repeated; images of another size resized with `to_r`): a pretraining set such
+    as scripts/make_pretrain_set.py writes."""
+    from PIL import Image
+
+    files = sorted(glob.glob(os.path.join(folder, "**", "*.png"), recursive=True))
+    if not files:
+        raise SystemExit(f"error: no PNG images under {folder}")
+    xs = []
+    for f in files:
+        a = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=F32) / 127.5 - 1.0).permute(2, 0, 1)
+        xs.append(a if a.shape[-1] == R and a.shape[-2] == R else to_r(a[None])[0])
+    return torch.stack(xs)
+
+
+def train_images(args):
+    """The stage's training images at R px: --data-dir's images, else the train normals of
+    every class of --data (128 px crops resized to R)."""
+    if args.data_dir:
+        return load_folder(args.data_dir)
+    return to_r(load_split(args.data, "train"))
+
+
+def eval_sets(args):
+    """(name, dataset folder, class) of every class with validation normals: those of --data
+    (brick, grass, gravel) and of each --eval folder."""
+    out = [(c, args.data, c) for c in CLASSES]
+    for d in args.eval or []:
+        for c in sorted(os.listdir(d)):
+            if os.path.isdir(os.path.join(d, c, "validation", "good")):
+                out.append((c, d, c))
+    return out
+
+
+def record_run(work, entry):
+    """Appends one stage run (what, steps, time, speed) to WORK/runs.json (the export's provenance)."""
+    path = os.path.join(work, "runs.json")
+    runs = json.load(open(path)) if os.path.exists(path) else []
+    runs.append(entry)
+    with open(path + ".tmp", "w") as f:
+        json.dump(runs, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def to_r(x, r=R):
@@ -199,18 +254,21 @@ def stage_ae(args):
     ae = AutoEncoder()
     opt = torch.optim.AdamW(ae.parameters(), lr=args.lr or 1e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
-    step = 0
+    step, warm0 = 0, None
     if os.path.exists(path):
         ck = torch.load(path, weights_only=False)
         ae.load_state_dict(ck["model"])
         if ck["opt"] is not None:
             opt.load_state_dict(ck["opt"])
+        else:  # weights without optimiser state (`recover`): warm the learning rate up again
+            warm0 = ck["step"]
         gen.set_state(ck["gen"])
         step = ck["step"]
         log(f"ae: resumed at step {step}")
-    x128 = load_split(args.data, "train")
-    x = to_r(x128)
+    x = train_images(args)
     feats = Features()
+    lr = args.lr or 1e-3
+    step0 = step
     n = sum(p.numel() for p in ae.parameters())
     log(f"ae: {n:,} parameters, {x.shape[0]} images at {R} px, batch {args.batch}, crops {args.crop}")
     t0, last, hist = time.time(), time.time(), []
@@ -224,6 +282,9 @@ def stage_ae(args):
                           F.interpolate(y, scale_factor=2.0, mode="bilinear"))
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         loss = l1 + 0.5 * pl + 1e-6 * kl
+        if warm0 is not None:
+            for gp in opt.param_groups:
+                gp["lr"] = lr * min(1.0, (step - warm0 + 1) / 200)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -236,22 +297,30 @@ def stage_ae(args):
         if step % args.save_every == 0:
             save(path, {"model": ae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
     save(path, {"model": ae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
-    log(f"ae: stopped at step {step} after {time.time() - t0:.0f} s")
+    secs = time.time() - t0
+    log(f"ae: stopped at step {step} after {secs:.0f} s")
+    record_run(args.work, {"stage": "ae", "data": args.data_dir or f"{args.data}/*/train/good", "images": int(x.shape[0]),
+                           "from_step": step0, "to_step": step, "seconds": round(secs), "batch": args.batch,
+                           "crop": args.crop, "lr": lr, "threads": args.threads,
+                           "steps_per_s": round((step - step0) / max(secs, 1e-9), 3)})
     ae.eval()
-    for c, (l1, fd) in fidelity(ae, args.data).items():
+    for c, (l1, fd) in fidelity(ae, eval_sets(args)).items():
         log(f"ae {LATENT} latent channels, step {step}: {c} validation L1 {l1:.4f} feature distance {fd:.4f}")
 
 
-def fidelity(ae, data, classes=CLASSES, n=16):
+def fidelity(ae, sets, n=16):
     """Per class, the autoencoder's L1 and feature distance (the sum over the two backbone
-    layers of 1 - cosine at the same position, at 128 px) on the first `n` validation normals."""
+    layers of 1 - cosine at the same position, at 128 px) on the first `n` validation normals.
+    `sets`: a dataset folder (its classes CLASSES) or (name, folder, class) triples (`eval_sets`)."""
+    if isinstance(sets, str):
+        sets = [(c, sets, c) for c in CLASSES]
     feats = Features()
     out = {}
     with torch.no_grad():
-        for c in classes:
+        for name, data, c in sets:
             xv = to_r(load_split(data, "validation", (c,)))[:n]
             r = ae.dec(ae.enc(xv)[0])
-            out[c] = (float((r - xv).abs().mean()), float(feature_loss(feats, to_r(xv, 128), to_r(r, 128))))
+            out[name] = (float((r - xv).abs().mean()), float(feature_loss(feats, to_r(xv, 128), to_r(r, 128))))
     return out
 
 
@@ -288,6 +357,8 @@ def latents(args, ae):
     path = os.path.join(args.work, "latents.pt")
     if os.path.exists(path):
         return torch.load(path, weights_only=False)
+    if args.data_dir:
+        return latents_folder(args, ae, path)
     x128 = load_split(args.data, "train")
     g = torch.Generator().manual_seed(args.seed + 7)
     views = [x128]
@@ -318,6 +389,28 @@ def latents(args, ae):
     return out
 
 
+def latents_folder(args, ae, path):
+    """(mean, std) latents of every --data-dir image and its horizontal flip (the set already
+    holds its own scales, rotations and flips); cached."""
+    x = load_folder(args.data_dir)
+    g = torch.Generator().manual_seed(args.seed + 7)
+    means, stds = [], []
+    with torch.no_grad():
+        for xv in (x, x.flip(-1)):
+            for i in range(0, xv.shape[0], 64):
+                m, lv = ae.enc(xv[i:i + 64])
+                means.append(m)
+                stds.append(torch.exp(0.5 * lv))
+    mean, std = torch.cat(means), torch.cat(stds)
+    z = mean + std * torch.randn(mean.shape, generator=g)
+    scale = float(1.0 / z.std())
+    out = {"mean": mean, "std": std, "scale": scale}
+    save(path, out)
+    log(f"latents: {mean.shape[0]} views of {args.data_dir}, latent std {z.std():.4f} -> scaling_factor {scale:.5f}, "
+        f"mean posterior std {std.mean():.4f}")
+    return out
+
+
 def stage_unet(args):
     import copy
 
@@ -330,18 +423,21 @@ def stage_unet(args):
         p.requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr or 3e-4, weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
-    step = 0
+    step, warm0 = 0, 0
     if os.path.exists(path):
         ck = torch.load(path, weights_only=False)
         unet.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         if ck["opt"] is not None:
             opt.load_state_dict(ck["opt"])
+        else:  # weights without optimiser state (`recover`): warm the learning rate up again
+            warm0 = ck["step"]
         gen.set_state(ck["gen"])
         step = ck["step"]
         log(f"unet: resumed at step {step}")
     ab = alphas_cumprod().float()
     mean, std, scale = lat["mean"], lat["std"], lat["scale"]
+    step0 = step
     n = sum(p.numel() for p in unet.parameters())
     log(f"unet: {n:,} parameters, {mean.shape[0]} latent views, batch {args.batch}")
     unet.train()
@@ -358,7 +454,7 @@ def stage_unet(args):
         eps = torch.randn(z0.shape, generator=gen)
         a = ab[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        warm = min(1.0, (step + 1) / 500)
+        warm = min(1.0, (step - warm0 + 1) / 500)
         for gp in opt.param_groups:
             gp["lr"] = (args.lr or 3e-4) * warm
         pred = unet(zt, t).sample
@@ -380,7 +476,13 @@ def stage_unet(args):
         if step % args.save_every == 0:
             save(path, state())
     save(path, state())
-    log(f"unet: stopped at step {step} after {time.time() - t0:.0f} s")
+    secs = time.time() - t0
+    log(f"unet: stopped at step {step} after {secs:.0f} s")
+    record_run(args.work, {"stage": "unet", "data": args.data_dir or f"{args.data}/*/train/good",
+                           "latent_views": int(mean.shape[0]), "scaling_factor": round(scale, 6), "from_step": step0,
+                           "to_step": step, "seconds": round(secs), "batch": args.batch, "lr": args.lr or 3e-4,
+                           "ema": args.ema, "threads": args.threads,
+                           "steps_per_s": round((step - step0) / max(secs, 1e-9), 3)})
 
 
 def load_unet(work):
@@ -418,6 +520,61 @@ def stage_sample(args):
             rec = ae.dec(z / scale)
             log(f"  T {T}: L1 {(rec - x).abs().mean():.4f} feature distance "
                 f"{feature_loss(feats, to_r(x, 128), to_r(rec, 128)):.4f}")
+
+
+def ddim_reconstruct(unet, ab, z0, T, g, steps=20):
+    """Noises the scaled latents z0 to step T (noise from `g`) and denoises them with `steps`
+    deterministic DDIM steps, as `sample` does (GLAD without ADP/SAFF)."""
+    ts = list(range(T, 0, -max(1, T // steps)))
+    z = ab[T].sqrt() * z0 + (1 - ab[T]).sqrt() * torch.randn(z0.shape, generator=g)
+    for i, t in enumerate(ts):
+        e = unet(z, torch.full((z.shape[0],), t)).sample
+        x0 = (z - (1 - ab[t]).sqrt() * e) / ab[t].sqrt()
+        tp = ts[i + 1] if i + 1 < len(ts) else 0
+        abp = ab[tp] if tp > 0 else ab[0]
+        z = abp.sqrt() * x0 + (1 - abp).sqrt() * e
+    return z
+
+
+def psnr(x, y):
+    """PSNR in dB of images in [-1, 1] (peak 1 on the [0, 1] scale), over the whole batch."""
+    mse01 = float(((x - y) / 2).pow(2).mean())
+    return 10.0 * math.log10(1.0 / max(mse01, 1e-12)), mse01
+
+
+def stage_fidelity(args):
+    """Reconstruction fidelity of the base in --work on the validation normals of every class
+    of --data and of each --eval dataset (the first --n per class, at R px): the autoencoder's
+    round trip (encoder mean -> decoder) and DDIM reconstructions from T 100 and 300 (20 steps,
+    the same noise for every model: a generator seeded with --seed and the class index). Prints
+    one JSON object per class and writes them all to --json if given."""
+    ae = load_ae(args.work)
+    unet, scale, ustep = load_unet(args.work)
+    aestep = torch.load(os.path.join(args.work, "ae.pt"), weights_only=False)["step"]
+    feats = Features()
+    ab = alphas_cumprod().float()
+    rows = []
+    with torch.no_grad():
+        for k, (name, data, c) in enumerate(eval_sets(args)):
+            x = to_r(load_split(data, "validation", (c,)))[:args.n]
+            m, _ = ae.enc(x)
+            r = ae.dec(m)
+            p, mse = psnr(r, x)
+            row = {"class": name, "dataset": data, "images": int(x.shape[0]), "ae_step": aestep, "unet_step": ustep,
+                   "ae_psnr": round(p, 3), "ae_mse": round(mse, 6), "ae_l1": round(float((r - x).abs().mean()), 5),
+                   "ae_feat": round(float(feature_loss(feats, to_r(x, 128), to_r(r, 128))), 5)}
+            for T in (100, 300):
+                g = torch.Generator().manual_seed(args.seed * 1000 + k)
+                rec = ae.dec(ddim_reconstruct(unet, ab, m * scale, T, g) / scale)
+                p, mse = psnr(rec, x)
+                row.update({f"ddim{T}_psnr": round(p, 3), f"ddim{T}_mse": round(mse, 6),
+                            f"ddim{T}_l1": round(float((rec - x).abs().mean()), 5),
+                            f"ddim{T}_feat": round(float(feature_loss(feats, to_r(x, 128), to_r(rec, 128))), 5)})
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"work": args.work, "rows": rows}, f, indent=1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -477,7 +634,7 @@ class DecoderRole(nn.Module):
 
 MANIFEST = """format: 1
 name: {name}
-description: latent diffusion at {R} px (KL autoencoder factor {FACTOR}, {LATENT} channels; UNet2DModel {params} parameters) pretrained on the normal train images of brick, grass and gravel + EfficientNet-Lite0 backbones (final map at 128, ADP at {R})
+description: latent diffusion at {R} px (KL autoencoder factor {FACTOR}, {LATENT} channels; UNet2DModel {params} parameters) pretrained on {trained_on} + EfficientNet-Lite0 backbones (final map at 128, ADP at {R})
 resolution: {R}
 space: latent
 latent:
@@ -562,15 +719,38 @@ def stage_export(args):
     ]
     eb.export_roles(roles, out, 1e-4, 1e-4, 0)
     params = sum(p.numel() for p in unet.parameters())
+    trained_on = "the normal train images of brick, grass and gravel"
+    data = "data/textures/{brick,grass,gravel}/train/good"
+    origin_path = os.path.join(args.work, "origin.json")
+    origin = json.load(open(origin_path)) if os.path.exists(origin_path) else None
+    manifest = None
+    if args.data_dir:
+        manifest = json.load(open(os.path.join(args.data_dir, "manifest.json")))
+        trained_on = (f"a broad set of {manifest['total']} images (scikit-image's CC0 and public-domain photographs and "
+                      f"textures, procedural textures; {', '.join(manifest['held_out'])} held out)")
+        data = f"{args.data_dir} (scripts/make_pretrain_set.py --seed {manifest['seed']})"
     prov = {
-        "weights": f"scripts/train_ldm.py: autoencoder {aestep} steps, UNet {ustep} steps (EMA) on "
-                   f"data/textures/{{brick,grass,gravel}}/train/good; backbones: ImageNet EfficientNet-Lite0",
+        "weights": f"scripts/train_ldm.py: autoencoder {aestep} steps, UNet {ustep} steps (EMA) "
+                   + (f"continued from {origin['bundle']} ({origin['weights']}) " if origin else "")
+                   + f"on {data}; backbones: ImageNet EfficientNet-Lite0",
         "command": "python3 scripts/train_ldm.py export " + " ".join(sys.argv[2:]),
         "torch": torch.__version__, "opset": eb.OPSET,
     }
+    if manifest:
+        prov["pretrain_set"] = {
+            "script": "scripts/make_pretrain_set.py", "seed": manifest["seed"], "images": manifest["total"],
+            "size": manifest["size"], "held_out": manifest["held_out"],
+            "photos": {k: {"file": v["file"], "licence": v["licence"], "images": v["images"]}
+                       for k, v in manifest["photos"].items()},
+            "procedural": {k: v["images"] for k, v in manifest["procedural"].items()},
+        }
+    runs_path = os.path.join(args.work, "runs.json")
+    if os.path.exists(runs_path):
+        prov["runs"] = json.load(open(runs_path))
     name = os.path.basename(os.path.normpath(out))
     with open(os.path.join(out, "bundle.yaml"), "w") as f:
         f.write(MANIFEST.format(name=name, R=R, FACTOR=FACTOR, LATENT=LATENT, scale=f"{scale:.6f}", params=f"{params:,}",
+                                trained_on=trained_on,
                                 provenance="\n".join(f"  {k}: {json.dumps(v)}" for k, v in prov.items())))
     log(f"bundle {out}: {eb.dir_size(out) / 1e6:.2f} MB")
 
@@ -602,7 +782,7 @@ def stage_decoder(args):
     feats = Features()
 
     def val():
-        return fidelity(ae, args.data, (args.cls,))[args.cls]
+        return fidelity(ae, [(args.cls, args.data, args.cls)])[args.cls]
 
     l1, fd = val()
     log(f"decoder {args.cls}: {x.shape[0]} images, batch {args.batch}, crops {args.crop}; "
@@ -786,14 +966,23 @@ def stage_recover(args):
     save(os.path.join(args.work, "unet.pt"), {"model": u.state_dict(), "ema": u.state_dict(), "opt": None,
                                               "gen": gen.get_state(), "step": int(steps.group(2)),
                                               "scale": float(scale.group(1))})
+    with open(os.path.join(args.work, "origin.json"), "w") as f:
+        json.dump({"bundle": os.path.normpath(b), "ae_step": int(steps.group(1)), "unet_step": int(steps.group(2)),
+                   "weights": re.search(r"weights: (.*)", text).group(1).strip().strip('"')}, f, indent=1)
     log(f"recover: {args.work}/ae.pt (step {steps.group(1)}) and unet.pt (step {steps.group(2)}) from {b}")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["ae", "unet", "decoder", "sample", "export", "export-decoder", "atp-bench", "recover"])
+    p.add_argument("stage", choices=["ae", "unet", "decoder", "sample", "fidelity", "export", "export-decoder", "atp-bench",
+                                     "recover"])
     p.add_argument("--work", required=True, help="checkpoint folder")
     p.add_argument("--data", default="data/textures")
+    p.add_argument("--data-dir", help="ae, unet: pretrain on every PNG under this folder (e.g. .work/pretrain-set, "
+                                      "scripts/make_pretrain_set.py) instead of --data's train normals")
+    p.add_argument("--eval", action="append", metavar="DATASET",
+                   help="ae, sample, fidelity: also report the validation normals of every class of this dataset "
+                        "(e.g. data/unseen); repeatable")
     p.add_argument("--class", dest="cls", choices=CLASSES, help="decoder, export-decoder: the class")
     p.add_argument("--latent-channels", type=int, default=4,
                    help="latent channels of the autoencoder (and so of the UNet); a checkpoint folder keeps one value")
@@ -809,6 +998,8 @@ def main():
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--every", type=int, default=4, help="sample: every n-th validation image")
+    p.add_argument("--n", type=int, default=40, help="fidelity: validation normals per class (the first n)")
+    p.add_argument("--json", help="fidelity: also write the rows to this JSON file")
     args = p.parse_args()
     globals()["LATENT"] = args.latent_channels
     torch.set_num_threads(args.threads)
@@ -817,7 +1008,8 @@ def main():
     if args.stage in ("export", "export-decoder", "recover") and not args.out:
         raise SystemExit(f"error: {args.stage} needs --out (the bundle folder)")
     {"ae": stage_ae, "unet": stage_unet, "sample": stage_sample, "export": stage_export, "atp-bench": stage_atp_bench,
-     "recover": stage_recover, "decoder": stage_decoder, "export-decoder": stage_export_decoder}[args.stage](args)
+     "recover": stage_recover, "decoder": stage_decoder, "export-decoder": stage_export_decoder,
+     "fidelity": stage_fidelity}[args.stage](args)
 
 
 if __name__ == "__main__":
