@@ -104,8 +104,17 @@ def licence_text(loader):
     """The sentences of skimage.data.<loader>'s docstring that state its licence or source."""
     import skimage.data
 
-    doc = getattr(skimage.data, loader).__doc__ or ""
-    text = " ".join(doc.split())
+    lines = [ln.strip() for ln in (getattr(skimage.data, loader).__doc__ or "").splitlines()]
+    keep, section = [], None
+    for i, ln in enumerate(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if ln and set(nxt) == {"-"}:
+            section = ln  # a numpydoc section title
+            continue
+        if set(ln) == {"-"} or ln.startswith(".. versionchanged") or section in ("Returns", "References", "Examples"):
+            continue  # underlines, version notes, and sections that state no licence
+        keep.append(ln)
+    text = " ".join(" ".join(keep).split())
     sentences = re.split(r"(?<=[.])\s+", text)
     keep = [s for s in sentences if re.search(r"CC0|public domain|copyright|licen[cs]e|downloaded from|courtesy", s, re.I)]
     return " ".join(keep)

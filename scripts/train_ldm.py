@@ -573,6 +573,7 @@ def stage_fidelity(args):
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"work": args.work, "rows": rows}, f, indent=1)
 
