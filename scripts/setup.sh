@@ -44,7 +44,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$check_only" = 1 ]; then
     echo "setup: missing system packages: ${missing[*]}"
   else
-    if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
+    if [ "$(id -u)" = 0 ]; then
+      SUDO=()
+    elif command -v sudo >/dev/null; then
+      SUDO=(sudo)
+    else
+      # Neither root nor sudo: say exactly what an administrator has to run, then stop.
+      echo "setup: missing system packages (${missing[*]}), and this user is not root and has no sudo; as root, run:" >&2
+      echo "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+      echo "then run scripts/setup.sh again" >&2
+      exit 1
+    fi
     echo "setup: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     "${SUDO[@]}" apt-get update -qq
@@ -54,12 +64,16 @@ fi
 
 if [ "$check_only" = 1 ]; then
   if [ -f .ort/libonnxruntime.so.1.31.1 ]; then echo "setup: ONNX Runtime in .ort/"; else echo "setup: ONNX Runtime missing (.ort/)"; missing+=(onnxruntime); fi
-  command -v cargo >/dev/null || { echo "setup: cargo missing (rustup)"; missing+=(cargo); }
+  command -v cargo >/dev/null || { echo "setup: cargo missing: install Rust with rustup (https://rustup.rs: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh), then open a new shell or run . \"\$HOME/.cargo/env\""; missing+=(cargo); }
   [ "${#missing[@]}" -eq 0 ]
   exit
 fi
 scripts/fetch-ort.sh
 if ! command -v cargo >/dev/null; then
-  echo "setup: cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "setup: cargo is installed in $HOME/.cargo/bin but not on PATH: run . \"\$HOME/.cargo/env\" (or open a new shell), then this again" >&2
+  else
+    echo "setup: cargo not found: install Rust with rustup (https://rustup.rs: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh), then run this again" >&2
+  fi
   exit 1
 fi

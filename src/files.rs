@@ -191,6 +191,49 @@ pub fn output_stem(path: &Path) -> String {
     format!("{name}___{hex}")
 }
 
+/// Writes `bytes` to `path` through a temporary file in the same folder, fsync and a rename,
+/// then syncs the folder: a full disk or a crash at any instant leaves either the old file or
+/// the new one under the final name, never a partial (or 0-byte) one. The temporary file is
+/// removed on failure. Creates the parent folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create folder: {e}", dir.display()))?;
+    let name = path.file_name().ok_or_else(|| anyhow::anyhow!("{}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp: PathBuf = dir.join(tmp_name);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("{}: cannot write: {e}", path.display());
+    }
+    sync_dir(dir)
+}
+
+/// Syncs a folder's entries (a rename or removal inside it) to disk.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| anyhow::anyhow!("{}: cannot sync the folder: {e}", dir.display()))
+}
+
+/// A named step of a state write (`overlay-index-write`, …) at which a test can kill the
+/// process: when `GLAD_CRASH_AT` names the step, the process aborts there, as a power cut or
+/// an OOM kill would stop it. Crash tests set it in a child process; nothing else does.
+pub fn crash_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var("GLAD_CRASH_AT").ok()).as_deref() == Some(step) {
+        eprintln!("GLAD_CRASH_AT: aborting at {step}");
+        std::process::abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,7 @@
 //! Images in and out: decoding any format the `image` crate reads into RGB, GLAD's
 //! preprocessing, and heatmap overlays.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::RwLock;
 
 use anyhow::{bail, Context, Result};
@@ -356,30 +355,7 @@ pub fn save_npy<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>, path: &Path) 
     write_atomic(path, &buf)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// full disk or a crash never leaves a partial (or 0-byte) file under the final name; the
-/// temporary file is removed on failure. Creates the parent folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp: PathBuf = dir.join(tmp_name);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("{}: cannot write: {e}", path.display());
-    }
-    Ok(())
-}
+pub use crate::files::write_atomic;
 
 #[cfg(test)]
 mod panel_tests {

@@ -180,7 +180,7 @@ fn pack_closes_a_bundle_that_shares_models() {
     std::fs::write(moved.join("bank/layer1.npy"), b"changed").unwrap();
     let out = verify(&moved);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("bank/layer1.npy (changed)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bank/layer1.npy: changed"));
     // An unpacked bundle is reported as such.
     let out = verify(&src);
     assert_eq!(out.status.code(), Some(2));

@@ -142,6 +142,7 @@ fn scoring_key_is_resolved_and_checked() {
         layers: vec![],
         noise: Default::default(),
         verdict: Default::default(),
+        trusted_keys: vec![],
     };
     assert_eq!(spec.engine().unwrap().scoring(), ScoringPath::Onnx);
 }

@@ -586,6 +586,12 @@ fn station_store_quota_evicts_oldest_first_and_samples_ok_frames() {
     let kept: Vec<bool> = (0..6).map(|seq| s.keep(&result(seq, &img, false)).input.is_some()).collect();
     assert_eq!(kept, vec![true, false, false, true, false, false]);
     assert_eq!(s.health(), Health::Ok);
+    // The results folder removed while running: the next NG image makes its folder anew.
+    let s = store(&tmp.path().join("gone"), u64::MAX, 0);
+    assert!(s.keep(&result(0, &img, true)).input.is_some());
+    std::fs::remove_dir_all(tmp.path().join("gone")).unwrap();
+    let st = s.keep(&result(1, &img, true));
+    assert!(st.input.as_ref().is_some_and(|p| p.is_file()) && st.not_stored.is_none(), "{st:?}");
 }
 
 /// A 64 KiB tmpfs, unmounted on drop.
@@ -1076,4 +1082,30 @@ fn station_glad_run_on_a_full_tmpfs_never_tears_a_line() {
     assert!(field("lost") >= 3, "{stopped}");
     assert_eq!(field("recorded"), recs.len() as u64, "the summary's recorded count is what the log holds: {stopped}");
     assert!(stderr.contains(&format!("jsonl: {}", field("lost"))), "the exit error counts the same lost records: {stderr}");
+}
+
+/// A drain deadline that leaves queued frames uninspected says so: the shutdown fails naming
+/// how many frames have no record, and `glad_frames_lost_total` counts them (never `lost=0`
+/// while frames were dropped on the floor).
+#[test]
+fn frames_left_at_the_drain_deadline_are_counted_lost_and_fail_the_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = images_dir(tmp.path(), 8, true);
+    let cfg = config(&station_yaml(&tmp.path().join("r"), &frames, "    threshold: 1.0\n    policy: lossless\n    queue: 32\n", 0.0, true));
+    let sink = Arc::new(Collect::default());
+    let station = Station::start(cfg, StartOptions { stdout: false, extra_sinks: vec![sink.clone()] }).unwrap();
+    let state = station.state();
+    let t0 = Instant::now();
+    while sink.0.lock().unwrap().len() < 3 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A deadline no queue of 32 frames can meet.
+    let e = format!("{:#}", station.shutdown(Duration::from_millis(1)).unwrap_err());
+    assert!(e.contains("were not inspected before the drain deadline") && e.contains("have no record"), "{e}");
+    let n: u64 = e.split_whitespace().find_map(|w| w.parse().ok()).unwrap();
+    let metrics = state.metrics.render();
+    assert_eq!(metric(&metrics, "glad_frames_lost_total") as u64, n, "{metrics}");
+    assert!(n > 0);
+    // Let an engine left inside a call finish it before the test process exits.
+    std::thread::sleep(Duration::from_secs(2));
 }

@@ -6,6 +6,8 @@ pub mod edit;
 mod manifest;
 pub mod pack;
 mod profiles;
+pub mod sign;
+pub mod tree;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -41,9 +43,48 @@ fn read_embedding(path: &Path) -> Result<Array3<f32>> {
     a.into_dimensionality().map_err(|_| anyhow::anyhow!("{}: prompt embedding has shape {shape:?}, expected [1,L,D]", path.display()))
 }
 
+/// Checks the files of the bundle in `dir` before anything is loaded from it: a closed bundle
+/// (one with `MANIFEST.sha256`) must verify whole, and with `trusted_keys` it must also be
+/// signed by one of them. An open bundle loads (with an INFO line saying its files are not
+/// vouched for) unless keys are required.
+pub fn check_files(dir: &Path, trusted_keys: &[PathBuf]) -> Result<()> {
+    let started = std::time::Instant::now();
+    if !trusted_keys.is_empty() {
+        let key = sign::verify_signature(dir, trusted_keys)?;
+        tracing::info!(bundle = %dir.display(), key = %key.display(), ms = started.elapsed().as_millis() as u64, "bundle verified whole and signed by a trusted key");
+        return Ok(());
+    }
+    match pack::verify_whole(dir)? {
+        None => {
+            tracing::info!(bundle = %dir.display(), "open bundle (no {}): its files are not checked against a hash list", pack::HASH_FILE)
+        }
+        Some(v) if v.problems.is_empty() => {
+            tracing::info!(bundle = %dir.display(), files = v.listed, ms = started.elapsed().as_millis() as u64, "closed bundle verified whole")
+        }
+        Some(v) => {
+            let more = if v.problems.len() > 3 { format!(" and {} more", v.problems.len() - 3) } else { String::new() };
+            bail!(
+                "{}: this closed bundle does not match its {}: {}{more}; refusing to load it (`glad bundle verify {}` lists everything)",
+                dir.display(),
+                pack::HASH_FILE,
+                v.problems.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Bundle {
+    /// Loads the bundle in `dir` (checking its files first: [`check_files`] with no keys).
     pub fn load(dir: &Path, rt: &RuntimeConfig) -> Result<Bundle> {
+        Self::load_trusted(dir, rt, &[])
+    }
+
+    /// Loads the bundle in `dir`, which must be signed by one of `trusted_keys` when any are given.
+    pub fn load_trusted(dir: &Path, rt: &RuntimeConfig, trusted_keys: &[PathBuf]) -> Result<Bundle> {
         let manifest = Manifest::read(dir)?;
+        check_files(dir, trusted_keys)?;
         let m = &manifest;
         let mpath = dir.join(Manifest::FILE);
         // Structure of the manifest itself.
@@ -115,20 +156,40 @@ impl Bundle {
     }
 }
 
-/// SHA-256 prefix over the bundle's files (manifest, models, weights, embeddings), in name
-/// order: the `bundle_hash` of every station record.
+/// SHA-256 prefix over every path below the bundle folder (relative name, then the file's
+/// bytes; a link's target text; folders included, so a changed `bank/` changes it), in name
+/// order: the `bundle_hash` of every station record. The signature file is left out: signing
+/// a bundle does not change what it is.
 pub fn content_hash(dir: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list bundle", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
+    use std::io::Read;
     let mut h = Sha256::new();
-    for f in files {
-        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-        h.update(std::fs::read(&f).with_context(|| format!("{}: cannot read", f.display()))?);
+    let mut buf = vec![0u8; 1 << 20];
+    for e in tree::entries(dir).with_context(|| format!("{}: cannot list bundle", dir.display()))? {
+        if e.rel == Path::new(sign::SIG_FILE) {
+            continue;
+        }
+        h.update(e.name().as_bytes());
+        h.update([0u8]);
+        match &e.kind {
+            tree::Kind::File(len) => {
+                h.update(len.to_le_bytes());
+                let p = dir.join(&e.rel);
+                let mut f = std::fs::File::open(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+                loop {
+                    let n = f.read(&mut buf).with_context(|| format!("{}: cannot read", p.display()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+            }
+            tree::Kind::Link(t) => {
+                h.update(b"link\0");
+                h.update(t.to_string_lossy().as_bytes());
+            }
+            tree::Kind::Special => h.update(b"special"),
+        }
     }
     Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
 }

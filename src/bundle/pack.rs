@@ -11,6 +11,8 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::sign::SIG_FILE;
+use super::tree::{self, Kind};
 use super::Manifest;
 
 /// The hash list a packed bundle carries.
@@ -92,7 +94,12 @@ pub fn outside_refs(dir: &Path, manifest: &Manifest) -> Vec<OutsideRef> {
 pub fn closure_line(dir: &Path, manifest: &Manifest) -> String {
     let outside = outside_refs(dir, manifest);
     if outside.is_empty() {
-        let hashes = if dir.join(HASH_FILE).is_file() { format!(", hashes in {HASH_FILE}") } else { String::new() };
+        let hashes = if dir.join(HASH_FILE).is_file() {
+            let signed = if dir.join(SIG_FILE).is_file() { format!(", signed ({SIG_FILE})") } else { String::new() };
+            format!(", hashes in {HASH_FILE}{signed}")
+        } else {
+            format!("; OPEN: no {HASH_FILE}, so its files are not verified on load (`glad bundle pack` makes a closed copy)")
+        };
         return format!("yes: every file the manifest names is inside the bundle folder{hashes}");
     }
     let list: Vec<String> = outside.iter().map(|o| format!("{} = {}", o.key, o.path.display())).collect();
@@ -144,48 +151,43 @@ pub struct PackReport {
     pub bytes: u64,
 }
 
-fn copy_tree(src: &Path, dst: &Path, skip: &Path) -> Result<()> {
+/// Copies the bundle folder `src` (canonical) into `dst` through the no-follow walk. A link is
+/// copied as the file it names only when that file is inside `src`; a link the manifest names
+/// leaving the folder (`skip_links`: copied under `shared/` by the caller) is left out; any
+/// other link (out of the folder, to a folder, dangling) and any special file are refused by
+/// name, so a pack can neither escape its source nor loop.
+fn copy_tree(src: &Path, dst: &Path, skip_links: &[PathBuf]) -> Result<()> {
     std::fs::create_dir_all(dst).with_context(|| format!("{}: cannot create", dst.display()))?;
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(src)
-        .with_context(|| format!("{}: cannot list", src.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().expect("listed entry");
-        let to = dst.join(name);
-        if p.canonicalize().map(|c| c == skip).unwrap_or(false) || name == HASH_FILE {
-            continue;
+    for e in tree::entries(src)? {
+        if e.rel == Path::new(HASH_FILE) || e.rel == Path::new(SIG_FILE) {
+            continue; // written anew for the packed copy
         }
-        if p.is_dir() {
-            copy_tree(&p, &to, skip)?;
-        } else if p.is_file() {
-            std::fs::copy(&p, &to).with_context(|| format!("cannot copy {} to {}", p.display(), to.display()))?;
+        let from = src.join(&e.rel);
+        let to = dst.join(&e.rel);
+        let copy_from = match &e.kind {
+            Kind::File(_) => from.clone(),
+            Kind::Link(target) => {
+                if skip_links.iter().any(|p| p.starts_with(&e.rel)) {
+                    continue;
+                }
+                match from.canonicalize() {
+                    Ok(real) if real.starts_with(src) && real.is_file() => real,
+                    _ => bail!(
+                        "{}: a symbolic link to {}, which is not a file inside the bundle; pack does not follow links out of a \
+                         bundle (replace the link with the file, or name the file in bundle.yaml)",
+                        from.display(),
+                        target.display()
+                    ),
+                }
+            }
+            Kind::Special => bail!("{}: not a regular file (a device, FIFO or socket); a bundle holds only files", from.display()),
+        };
+        if let Some(d) = to.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
         }
+        std::fs::copy(&copy_from, &to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     }
     Ok(())
-}
-
-/// Files below `dir`, relative to it, sorted (`/` separated).
-fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let here = base.join(rel);
-        for e in std::fs::read_dir(&here).with_context(|| format!("{}: cannot list", here.display()))? {
-            let e = e?;
-            let r = rel.join(e.file_name());
-            let p = base.join(&r);
-            if p.is_dir() {
-                walk(base, &r, out)?;
-            } else if p.is_file() {
-                out.push(r);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, Path::new(""), &mut out)?;
-    out.sort();
-    Ok(out)
 }
 
 /// SHA-256 of a file, lowercase hex.
@@ -204,46 +206,129 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes `dir/MANIFEST.sha256` over every other file below `dir`; returns (files, bytes).
+/// Writes `dir/MANIFEST.sha256` over every other regular file below `dir` (each synced to disk
+/// first, the list last); returns (files, bytes). Links and special files are refused.
 pub fn write_hashes(dir: &Path) -> Result<(usize, u64)> {
     let mut text = String::new();
     let (mut n, mut bytes) = (0, 0u64);
-    for rel in list_files(dir)? {
-        if rel == Path::new(HASH_FILE) {
+    for e in tree::entries(dir)? {
+        if e.rel == Path::new(HASH_FILE) || e.rel == Path::new(SIG_FILE) {
             continue;
         }
-        let p = dir.join(&rel);
-        bytes += std::fs::metadata(&p)?.len();
-        text.push_str(&format!("{}  {}\n", sha256_file(&p)?, rel.to_string_lossy()));
+        let p = dir.join(&e.rel);
+        let Kind::File(len) = e.kind else { bail!("{}: not a regular file; a closed bundle holds only files", p.display()) };
+        std::fs::File::open(&p).and_then(|f| f.sync_all()).with_context(|| format!("{}: cannot sync", p.display()))?;
+        bytes += len;
+        text.push_str(&format!("{}  {}\n", sha256_file(&p)?, e.name()));
         n += 1;
     }
-    let path = dir.join(HASH_FILE);
-    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+    crate::files::write_atomic(&dir.join(HASH_FILE), text.as_bytes())?;
     Ok((n, bytes))
 }
 
-/// Checks `dir/MANIFEST.sha256`: `Ok(None)` when there is none, else the files that are
-/// missing or differ (empty: all match) and how many were listed.
-pub fn verify_hashes(dir: &Path) -> Result<Option<(usize, Vec<String>)>> {
+/// The outcome of checking a closed bundle against its `MANIFEST.sha256`.
+#[derive(Debug, Default)]
+pub struct Verification {
+    /// Lines of the hash list.
+    pub listed: usize,
+    /// Bytes of the listed files that were read.
+    pub bytes: u64,
+    /// Every disagreement, one line each naming the path (empty: the bundle is whole).
+    pub problems: Vec<String>,
+}
+
+/// The hash list is a few lines per file: anything larger is not one (and is not read whole).
+const MAX_HASH_FILE: u64 = 16 << 20;
+
+/// Checks the whole bundle in `dir` against `MANIFEST.sha256`: `Ok(None)` when there is none (an
+/// open bundle). Closed means whole: every listed path is a regular file inside the folder with
+/// that hash, every regular file is listed, and nothing else (link, device, FIFO, socket) is
+/// there. Only regular files found by the no-follow walk are read, so no line can make it read
+/// outside the folder or from a device.
+pub fn verify_whole(dir: &Path) -> Result<Option<Verification>> {
     let path = dir.join(HASH_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot stat", path.display())),
     };
-    let mut bad = Vec::new();
-    let mut n = 0;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Some((hash, rel)) = line.split_once("  ") else { bail!("{}: malformed line `{line}`", path.display()) };
-        n += 1;
-        let p = dir.join(rel);
-        match sha256_file(&p) {
-            Ok(h) if h == hash => {}
-            Ok(_) => bad.push(format!("{rel} (changed)")),
-            Err(_) => bad.push(format!("{rel} (missing)")),
+    let mut v = Verification::default();
+    if !meta.file_type().is_file() {
+        v.problems.push(format!("{HASH_FILE}: not a regular file"));
+        return Ok(Some(v));
+    }
+    if meta.len() > MAX_HASH_FILE {
+        v.problems.push(format!("{HASH_FILE}: {} bytes, more than a hash list can be ({MAX_HASH_FILE})", meta.len()));
+        return Ok(Some(v));
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read as UTF-8 text", path.display()))?;
+    let found: BTreeMap<PathBuf, Kind> = tree::entries(dir)?.into_iter().map(|e| (e.rel, e.kind)).collect();
+    let mut listed: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    for (no, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let no = no + 1;
+        v.listed += 1;
+        let Some((hash, rel)) = line.split_once("  ") else {
+            v.problems.push(format!("{HASH_FILE} line {no}: expected `<sha256>  <path>`, got `{line}`"));
+            continue;
+        };
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            v.problems.push(format!("{HASH_FILE} line {no}: `{hash}` is not a SHA-256 (64 hex digits)"));
+            continue;
+        }
+        let rel_path = PathBuf::from(rel);
+        if !rel_path.components().all(|c| matches!(c, Component::Normal(_))) {
+            v.problems.push(format!("{HASH_FILE} line {no}: `{rel}` is not a plain path inside the bundle"));
+            continue;
+        }
+        if let Some(first) = listed.insert(rel_path.clone(), no) {
+            v.problems.push(format!("{HASH_FILE} line {no}: `{rel}` is listed twice (first on line {first})"));
+            continue;
+        }
+        match found.get(&rel_path) {
+            Some(Kind::File(len)) => {
+                v.bytes += len;
+                if sha256_file(&dir.join(&rel_path))? != hash.to_ascii_lowercase() {
+                    v.problems.push(format!("{rel}: changed (its SHA-256 differs from {HASH_FILE})"));
+                }
+            }
+            Some(Kind::Link(t)) => v.problems.push(format!("{rel}: a symbolic link (to {}), not a file", t.display())),
+            Some(Kind::Special) => v.problems.push(format!("{rel}: not a regular file")),
+            None => v.problems.push(format!("{rel}: listed in {HASH_FILE} but missing")),
         }
     }
-    Ok(Some((n, bad)))
+    if v.listed == 0 {
+        v.problems.push(format!("{HASH_FILE}: lists no file"));
+    }
+    for (rel, kind) in &found {
+        if rel == Path::new(HASH_FILE) || rel == Path::new(SIG_FILE) || listed.contains_key(rel) {
+            continue;
+        }
+        let rel = rel.display();
+        v.problems.push(match kind {
+            Kind::File(_) => format!("{rel}: present but not listed in {HASH_FILE}"),
+            Kind::Link(t) => format!("{rel}: a symbolic link (to {}); a closed bundle holds only files", t.display()),
+            Kind::Special => format!("{rel}: a device, FIFO or socket; a closed bundle holds only files"),
+        });
+    }
+    Ok(Some(v))
+}
+
+/// Renames `from` to `to` only if `to` does not exist (not even as an empty folder), so two
+/// packs to one destination cannot both win.
+fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).context("a path with a NUL byte");
+    let (a, b) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) || err.raw_os_error() == Some(libc::ENOTEMPTY) {
+        bail!("{}: appeared while packing (another `glad bundle pack` to the same destination finished first)", to.display());
+    }
+    Err(err).with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
 }
 
 /// Writes a closed copy of the bundle `src` into `dst` (which must not exist yet).
@@ -260,13 +345,17 @@ pub fn pack(src: &Path, dst: &Path) -> Result<PackReport> {
         bail!("{}: the destination is inside the bundle {}", dst.display(), src.display());
     }
     let outside: Vec<OutsideRef> = outside_refs(src, &manifest);
-    // Write into a temporary sibling and rename at the end: no half-packed bundle on failure.
-    let tmp = dst_parent_real.join(format!(".{}.packing", dst.file_name().and_then(|n| n.to_str()).unwrap_or("bundle")));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove a stale folder", tmp.display()))?;
-    }
+    // Write into a temporary sibling of its own (two packs to one destination never share it)
+    // and rename at the end: no half-packed bundle on failure.
+    let stem = dst.file_name().and_then(|n| n.to_str()).unwrap_or("bundle");
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{stem}.packing-"))
+        .tempdir_in(&dst_parent_real)
+        .with_context(|| format!("{}: cannot create a temporary folder", dst_parent_real.display()))?
+        .keep();
     let result = (|| -> Result<PackReport> {
-        copy_tree(&src_real, &tmp, &tmp)?;
+        let skip: Vec<PathBuf> = outside.iter().map(|o| o.path.clone()).collect();
+        copy_tree(&src_real, &tmp, &skip)?;
         let mut m = manifest.clone();
         let mut report = PackReport::default();
         // source file (canonical) -> its path inside the packed bundle
@@ -334,10 +423,16 @@ pub fn pack(src: &Path, dst: &Path) -> Result<PackReport> {
         Ok(report)
     })();
     match result {
-        Ok(r) => {
-            std::fs::rename(&tmp, dst).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
-            Ok(r)
-        }
+        Ok(r) => match rename_noreplace(&tmp, dst) {
+            Ok(()) => {
+                crate::files::sync_dir(&dst_parent_real)?;
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        },
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)

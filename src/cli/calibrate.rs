@@ -1,10 +1,14 @@
-//! `glad calibrate`: a verdict threshold from normal images only.
+//! `glad calibrate`: a verdict threshold from normal images only, with the false-alarm rate it
+//! guarantees.
 //!
-//! Rule: `threshold = max(normal scores) * (1 + margin)` (margin 0.1 by default). A station
-//! has few normal images and no defects to balance against, so a quantile of a small sample
-//! is unstable and would flag the calibration images themselves; the maximum with a margin
-//! accepts every calibration image and leaves room for normal variation. The distribution
-//! (mean, std, quantiles) is printed so the margin can be judged.
+//! Two rules:
+//! - default: `threshold = max(normal scores) * (1 + margin)` (margin 0.1). It accepts every
+//!   calibration image and leaves room for normal variation;
+//! - `--false-alarm-rate R`: the order statistic of the normal scores whose false-alarm rate is
+//!   at most R with probability `--confidence` (0.95), distribution-free (`eval::threshold`).
+//!
+//! Either way the command states the false-alarm rate the threshold guarantees at that
+//! confidence, and with `--defects` the share of those defect images it flags.
 
 use std::path::PathBuf;
 
@@ -32,9 +36,19 @@ pub struct CalibrateArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub params: ParamArgs,
-    /// Relative margin above the largest normal score, in [0, 10].
+    /// Relative margin above the largest normal score, in [0, 10] (the default rule).
     #[arg(long, default_value_t = 0.1, value_parser = super::parse_finite)]
     pub margin: f32,
+    /// Pick the threshold for this false-alarm rate instead, in (0, 0.5]: the order statistic
+    /// of the normal scores whose rate is at most this with probability --confidence.
+    #[arg(long, value_name = "RATE", value_parser = super::parse_finite)]
+    pub false_alarm_rate: Option<f32>,
+    /// Confidence of the stated false-alarm rate, in [0.5, 0.999].
+    #[arg(long, default_value_t = 0.95, value_name = "C", value_parser = super::parse_finite)]
+    pub confidence: f32,
+    /// Images of defects (a folder or files): reports how many the threshold flags.
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    pub defects: Vec<PathBuf>,
     /// Station config to write: the --config file (or defaults) with `bundle` and `calibration` set.
     #[arg(long, default_value = "station.yaml", value_name = "FILE")]
     pub write: PathBuf,
@@ -80,7 +94,39 @@ pub fn calibration(scores: &[f32], margin: f32) -> Result<Calibration> {
     })
 }
 
+/// The order-statistic calibration (`--false-alarm-rate`): the k-th smallest normal score.
+pub fn calibration_for_rate(scores: &[f32], rate: f32, confidence: f32) -> Result<Calibration> {
+    use crate::eval::threshold::{guaranteed_rate, images_needed, rank_for_rate};
+    let mut cal = calibration(scores, 0.0)?;
+    if !(rate > 0.0 && rate <= 0.5) {
+        bail!("--false-alarm-rate: must be in (0, 0.5], got {rate}");
+    }
+    if !(0.5..=0.999).contains(&confidence) {
+        bail!("--confidence: must be in [0.5, 0.999], got {confidence}");
+    }
+    let n = scores.len();
+    let Some(k) = rank_for_rate(n, f64::from(rate), f64::from(confidence)) else {
+        bail!(
+            "--false-alarm-rate {rate}: {n} normal images cannot guarantee it at confidence {confidence} (that needs at least {}); \
+             the smallest rate {n} images guarantee is {:.4}: add normal images or ask for at least that",
+            images_needed(f64::from(rate), f64::from(confidence)),
+            guaranteed_rate(n, n, f64::from(confidence))
+        );
+    };
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    cal.threshold = sorted[k - 1];
+    if !(cal.threshold.is_finite() && cal.threshold > 0.0) {
+        bail!("the threshold would be {} (normal score {k} of {n}): it must be finite and above 0", cal.threshold);
+    }
+    cal.rule = format!("order statistic: normal score {k} of {n} (ascending); false-alarm rate <= {rate} with confidence {confidence}");
+    Ok(cal)
+}
+
 pub fn run(args: CalibrateArgs) -> Result<bool> {
+    if !(0.5..=0.999).contains(&args.confidence) {
+        bail!("--confidence: must be in [0.5, 0.999], got {}", args.confidence);
+    }
     let settings = Settings::new(&args.common, args.params.clone())?;
     let walk = walk::images(&args.images);
     if walk.is_empty() {
@@ -121,7 +167,10 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
             "calibrating on fewer than {MIN_NORMAL_IMAGES} normal images: the threshold is the maximum of very few scores"
         );
     }
-    let mut cal = calibration(&scores, args.margin)?;
+    let mut cal = match args.false_alarm_rate {
+        Some(rate) => calibration_for_rate(&scores, rate, args.confidence)?,
+        None => calibration(&scores, args.margin)?,
+    };
     cal.settings = Some(settings.calibrated_with(&engines[0]));
     let mut sorted = scores.clone();
     sorted.sort_by(f32::total_cmp);
@@ -136,6 +185,44 @@ pub fn run(args: CalibrateArgs) -> Result<bool> {
         cal.normal_max
     );
     println!("threshold      {:.6}  ({})", cal.threshold, cal.rule);
+    // What the threshold guarantees: the rank of the largest normal score at or below it.
+    let rank = sorted.iter().filter(|&&s| s <= cal.threshold).count();
+    let confidence = f64::from(args.confidence);
+    if rank == 0 {
+        println!("false alarms   every normal image scores above the threshold");
+    } else {
+        let guaranteed = crate::eval::threshold::guaranteed_rate(sorted.len(), rank, confidence);
+        println!(
+            "false alarms   {} of {} normal images above it; rate <= {:.4} with confidence {} (order statistic {rank} of {})",
+            sorted.len() - rank,
+            sorted.len(),
+            guaranteed,
+            args.confidence,
+            sorted.len()
+        );
+    }
+    if !args.defects.is_empty() {
+        let dwalk = walk::images(&args.defects);
+        if dwalk.is_empty() {
+            bail!("--defects: no images found in {:?}", args.defects);
+        }
+        let mut flagged = 0usize;
+        let mut scored = 0usize;
+        let mut dfail = dwalk.messages();
+        pipeline::run(&mut engines, &noise, &dwalk.files, settings.config.inspect.batch, true, |item: Inspected| match &item.result {
+            Ok((insp, _)) if insp.score.is_finite() => {
+                scored += 1;
+                flagged += usize::from(insp.score > cal.threshold);
+            }
+            Ok((insp, _)) => dfail.push(format!("{}: non-finite score {}", item.path.display(), insp.score)),
+            Err(e) => dfail.push(format!("{e:#}")),
+        })?;
+        for f in &dfail {
+            eprintln!("failed: {f}");
+        }
+        let share = if scored == 0 { 0.0 } else { flagged as f64 / scored as f64 };
+        println!("defects        {flagged} of {scored} flagged ({:.1} %) at this threshold", 100.0 * share);
+    }
     let mut station = settings.config.clone();
     station.bundle = Some(settings.bundle_dir.clone());
     station.preset = settings.preset.clone();

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod pack;
 pub mod run;
 pub mod serve;
+pub mod teach;
 pub mod tune;
 
 use std::path::PathBuf;
@@ -186,6 +187,7 @@ impl Settings {
                 calibration: self.config.calibration.clone().map(|c| (c, cfg.clone())),
                 threshold: self.config.threshold.map(|t| (t, format!("{cfg}: key `threshold`"))),
             },
+            trusted_keys: Vec::new(),
         }
     }
 

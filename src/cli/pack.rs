@@ -1,11 +1,12 @@
-//! `glad bundle pack SRC DST` and `glad bundle verify DIR`: closed, hash-listed bundles.
+//! `glad bundle pack SRC DST`, `verify DIR`, `sign DIR` and `keygen OUT`: closed, hash-listed,
+//! signed bundles.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::bundle::{pack, Manifest};
+use crate::bundle::{pack, sign, Manifest};
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
@@ -18,10 +19,31 @@ pub enum BundleCommand {
         /// The new folder.
         dst: PathBuf,
     },
-    /// Check a bundle folder: every path inside it, and every file against MANIFEST.sha256.
+    /// Check a bundle folder whole: every path the manifest names is inside it, every file is
+    /// listed in MANIFEST.sha256 with its hash, and nothing else (unlisted files, symbolic links,
+    /// devices) is there. With --key, also its signature.
     Verify {
         /// The bundle folder.
         dir: PathBuf,
+        /// A minisign public key (repeat for several): the bundle must be signed by one of them.
+        #[arg(long = "key", value_name = "PUB")]
+        keys: Vec<PathBuf>,
+    },
+    /// Sign a closed bundle: writes MANIFEST.sha256.minisig (Ed25519, minisign's format) over
+    /// its hash list. The bundle must verify whole first. An encrypted key's password is read
+    /// from GLAD_SIGN_PASSWORD.
+    Sign {
+        /// The closed bundle folder.
+        dir: PathBuf,
+        /// The secret key file (from `glad bundle keygen` or `minisign -G`).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+    },
+    /// Make a signing key pair: OUT.key (secret, mode 0600; encrypted when GLAD_SIGN_PASSWORD
+    /// is set) and OUT.pub (for stations' `trusted_keys`). Never overwrites.
+    Keygen {
+        /// Path of the pair without extension.
+        out: PathBuf,
     },
 }
 
@@ -43,7 +65,17 @@ pub fn run(cmd: BundleCommand) -> Result<bool> {
             );
             Ok(true)
         }
-        BundleCommand::Verify { dir } => {
+        BundleCommand::Keygen { out } => {
+            let (secret, public, id) = sign::keygen(&out)?;
+            println!("key {id}: secret {} (keep it off stations), public {}", secret.display(), public.display());
+            Ok(true)
+        }
+        BundleCommand::Sign { dir, key } => {
+            let id = sign::sign(&dir, &key)?;
+            println!("signed {} with key {id}: {}", dir.display(), dir.join(sign::SIG_FILE).display());
+            Ok(true)
+        }
+        BundleCommand::Verify { dir, keys } => {
             let m = Manifest::read(&dir)?;
             let mut ok = true;
             let outside = pack::outside_refs(&dir, &m);
@@ -55,15 +87,28 @@ pub fn run(cmd: BundleCommand) -> Result<bool> {
                     println!("outside: {} = {} is outside the bundle folder", o.key, o.path.display());
                 }
             }
-            match pack::verify_hashes(&dir)? {
+            match pack::verify_whole(&dir)? {
                 None => {
                     ok = false;
-                    println!("no {}: not a packed bundle (glad bundle pack writes one)", pack::HASH_FILE);
+                    println!("no {}: an open bundle, not packed (glad bundle pack writes a closed copy)", pack::HASH_FILE);
                 }
-                Some((n, bad)) if bad.is_empty() => println!("hashes: {n} files match {}", pack::HASH_FILE),
-                Some((n, bad)) => {
+                Some(v) if v.problems.is_empty() => {
+                    println!("whole: {} files, {:.1} MB, match {}, nothing else present", v.listed, v.bytes as f64 / 1e6, pack::HASH_FILE)
+                }
+                Some(v) => {
                     ok = false;
-                    println!("hashes: {} of {n} files do not match {}: {}", bad.len(), pack::HASH_FILE, bad.join(", "));
+                    for p in &v.problems {
+                        println!("mismatch: {p}");
+                    }
+                }
+            }
+            if !keys.is_empty() && ok {
+                match sign::verify_signature(&dir, &keys) {
+                    Ok(k) => println!("signed: by the key in {}", k.display()),
+                    Err(e) => {
+                        ok = false;
+                        println!("signature: {e:#}");
+                    }
                 }
             }
             Ok(ok)

@@ -345,7 +345,7 @@ pub fn run(args: TuneArgs) -> Result<bool> {
     trials.sort_by(|a, b| b.objective().total_cmp(&a.objective()));
     print!("{}", table(&trials, files.len(), anomalies));
     let best = &trials[0].params;
-    let fidelity = report(&mut engine, best, &val, &noise, bank.as_ref(), args.batch, &args.out)?;
+    let (fidelity, rows) = report(&mut engine, best, &val, &noise, bank.as_ref(), args.batch, &args.out)?;
     println!("chosen point: {}", fidelity.summary());
     let json = serde_json::json!({
         "normals": files.len(),
@@ -353,6 +353,8 @@ pub fn run(args: TuneArgs) -> Result<bool> {
         "synthesis": args.synthesis.iter().map(|k| format!("{k:?}").to_lowercase()).collect::<Vec<_>>(),
         "chosen": { "denoise_step": best.denoise_step, "steps": best.steps, "tau": best.tau, "min_step": best.min_step, "v": best.v, "reference": format!("{:?}", best.reference).to_lowercase() },
         "fidelity": fidelity,
+        // The chosen point's image scores on the validation set (gallery order).
+        "chosen_images": rows,
         "grid": trials.iter().map(|t| serde_json::json!({
             "denoise_step": t.params.denoise_step, "steps": t.params.steps, "tau": t.params.tau, "min_step": t.params.min_step,
             "v": t.params.v, "reference": format!("{:?}", t.params.reference).to_lowercase(),
@@ -404,11 +406,12 @@ fn report(
     bank: Option<&FeatureBank>,
     batch: usize,
     out: &std::path::Path,
-) -> Result<Fidelity> {
+) -> Result<(Fidelity, Vec<serde_json::Value>)> {
     let gallery = out.join("gallery");
     std::fs::create_dir_all(&gallery).with_context(|| format!("{}: cannot create the report folder", gallery.display()))?;
     let n = val.labels.len();
     let mut fidelity = Fidelity::default();
+    let mut rows = Vec::new();
     for start in (0..n).step_by(batch) {
         let end = (start + batch).min(n);
         let xb = val.x.slice_axis(Axis(0), (start..end).into());
@@ -427,9 +430,10 @@ fn report(
             let img = imaging::tensor_to_rgb(xb.index_axis(Axis(0), j));
             let panels = gallery_panels(&img, &m.map, Some(rec.images.index_axis(Axis(0), j)), val.masks[i].as_ref());
             imaging::save_png(&panels, &gallery.join(format!("{}_{i:03}.png", val.kinds[i])))?;
+            rows.push(serde_json::json!({ "kind": val.kinds[i], "anomalous": val.labels[i], "score": m.score }));
         }
     }
-    Ok(fidelity)
+    Ok((fidelity, rows))
 }
 
 /// Default tau grid: 0 (ADP off) and the 0.5 and 0.9 quantiles of every ADP score the

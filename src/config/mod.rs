@@ -104,10 +104,21 @@ impl Calibration {
     /// `key` is where it sits (`calibration`); errors name `key `calibration.threshold``.
     pub fn check(&self, key: &str) -> std::result::Result<(), String> {
         check_threshold(self.threshold).map_err(|e| format!("key `{key}.threshold`: {e}"))?;
+        // Scores are distances (never negative), so are their mean, spread and maximum; a
+        // negative or absurd statistic would make the score and drift alarms fire on every frame.
         for (k, v) in [("normal_mean", self.normal_mean), ("normal_std", self.normal_std), ("normal_max", self.normal_max)] {
-            if !v.is_finite() {
-                return Err(format!("key `{key}.{k}`: must be finite, got {v}"));
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("key `{key}.{k}`: must be a finite number of at least 0, got {v}"));
             }
+        }
+        if self.normal_max < self.normal_mean {
+            return Err(format!(
+                "key `{key}.normal_max`: the largest normal score ({}) cannot be below their mean ({})",
+                self.normal_max, self.normal_mean
+            ));
+        }
+        if self.normal_count == 0 {
+            return Err(format!("key `{key}.normal_count`: must be at least 1"));
         }
         Ok(())
     }

@@ -63,6 +63,8 @@ pub struct EngineSpec {
     pub layers: Vec<(String, ParamOverrides)>,
     pub noise: NoiseConfig,
     pub verdict: VerdictSpec,
+    /// Public keys of which one must have signed the bundle (empty: any bundle that verifies).
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// How a command-line parameter is named in messages: `--denoise-step`.
@@ -72,7 +74,7 @@ pub fn flag_name(key: &str) -> String {
 
 impl EngineSpec {
     pub fn load_bundle(&self) -> Result<Bundle> {
-        Bundle::load(&self.bundle_dir, &self.runtime)
+        Bundle::load_trusted(&self.bundle_dir, &self.runtime, &self.trusted_keys)
     }
 
     /// Every layer of parameters, lowest first, with its naming.

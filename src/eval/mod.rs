@@ -4,3 +4,4 @@ pub mod dataset;
 pub mod fidelity;
 pub mod metrics;
 pub mod score;
+pub mod threshold;

@@ -109,6 +109,13 @@ pub fn environment(configured: Option<&Path>, intra_threads: usize) -> Result<&'
     if !path.exists() {
         bail!("ONNX Runtime library {} (from {source}) does not exist; glad needs ONNX Runtime >= {MIN_VERSION}", path.display());
     }
+    // ONNX Runtime starts its telemetry (a device id and an event database under
+    // $HOME/.cache/Microsoft, HTTPS uploads) when the library loads, before the environment's
+    // telemetry switch below is read; only this variable stops it. Set once, under the lock,
+    // before any ONNX Runtime code runs.
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
+    }
     let builder = ort::init_from(&path).map_err(|e| {
         // libloading displays only "dlopen failed"; dlerror()'s text is in its Debug form.
         let debug = format!("{e:?}");
@@ -126,7 +133,9 @@ pub fn environment(configured: Option<&Path>, intra_threads: usize) -> Result<&'
         .and_then(|p| p.with_inter_threads(1))
         .and_then(|p| p.with_spin_control(false))
         .map_err(super::ort_err)?;
-    let env = builder.with_name("glad-edge").with_global_thread_pool(pool).build().map_err(super::ort_err)?;
+    // Telemetry off: a station must not try to reach anyone, and ORT would otherwise write a
+    // device id under $HOME/.cache/Microsoft and warn about a missing CA bundle on every start.
+    let env = builder.with_name("glad-edge").with_telemetry(false).with_global_thread_pool(pool).build().map_err(super::ort_err)?;
     let version = version_of(&path).unwrap_or_else(|e| format!("unknown ({e})"));
     tracing::info!(library = %path.display(), %version, "ONNX Runtime loaded");
     let _ = ENV.set(Loaded { env, path, version });

@@ -177,6 +177,12 @@ impl ImageStore {
                     anyhow::bail!("disk nearly full: {free} bytes free, the floor is {} bytes", self.cfg.min_free_bytes);
                 }
             }
+            // The folder may have been removed while running (`rm -rf results/`): made anew,
+            // as the results log reopens its file.
+            if !self.images.is_dir() {
+                std::fs::create_dir_all(&self.images).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", self.images.display()))?;
+                tracing::warn!(folder = %self.images.display(), "image folder was gone: created anew");
+            }
             for (p, b) in paths.iter().zip(&blobs) {
                 let mut res = write_atomic(p, b);
                 // Out of space: make room from the oldest images and try once more.

@@ -24,6 +24,10 @@ pub struct StationConfig {
     pub name: String,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Minisign public keys: when any are listed, a camera's bundle (at start, on reload and on
+    /// a recipe switch) loads only if it is closed, whole and signed by one of them.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
     #[serde(default)]
     pub noise: NoiseConfig,
     #[serde(default)]
@@ -513,6 +517,7 @@ impl StationConfig {
             layers: vec![(format!("station config: key `cameras[{i}].glad.{{}}` (or its recipe's)"), c.glad.clone())],
             noise: self.noise.clone(),
             verdict: VerdictSpec::default(),
+            trusted_keys: self.trusted_keys.clone(),
         }
     }
 
@@ -539,6 +544,9 @@ impl StationConfig {
         ck.num("scheduler.backoff_max_ms", s.backoff_max_ms, s.backoff_initial_ms, 3_600_000.0)?;
         ck.int("scheduler.recent", s.recent as u64, 1, 1_000_000)?;
         ck.int("runtime.threads", self.runtime.threads as u64, 0, 1024)?;
+        for (i, k) in self.trusted_keys.iter().enumerate() {
+            crate::bundle::sign::read_public_key(k).map_err(|e| ck.fail(&format!("trusted_keys[{i}]"), format!("{e:#}")))?;
+        }
         let r = &self.results;
         if r.dir.as_os_str().is_empty() {
             return Err(ck.fail("results.dir", "must not be empty"));
@@ -553,10 +561,11 @@ impl StationConfig {
         let d = &self.drift;
         ck.int("drift.reference_frames", d.reference_frames as u64, 1, 100_000)?;
         ck.int("drift.window", d.window as u64, 1, 100_000)?;
-        ck.num("drift.sigmas", d.sigmas, 0.0, 1000.0)?;
+        // 0 would make every wobble of a statistic an alarm (the floors below can be 0).
+        ck.num("drift.sigmas", d.sigmas, 0.5, 1000.0)?;
         ck.num("drift.brightness_levels", d.brightness_levels, 0.0, 255.0)?;
         ck.num("drift.contrast_ratio", d.contrast_ratio, 0.0, 100.0)?;
-        ck.num("drift.sharpness_drop", d.sharpness_drop, 0.0, 1.0)?;
+        ck.num("drift.sharpness_drop", d.sharpness_drop, 0.01, 1.0)?;
         if self.cameras.is_empty() {
             return Err(ck.fail("cameras", "at least one camera"));
         }

@@ -117,34 +117,133 @@ fn now_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
 }
 
+/// What `Overlays::add` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Added {
+    /// A new entry: its version and the versions evicted to keep the budget.
+    New { version: u64, evicted: Vec<u64> },
+    /// The frame was taught already: the entry that holds it.
+    Repeat { version: u64 },
+}
+
 impl Overlays {
-    /// Reads the overlays kept in `state_dir` (none yet: empty). Entries made on another
-    /// bundle are kept on disk but not applied.
+    /// Reads the overlays kept in `state_dir` (none yet: empty) and repairs what a crash at
+    /// any instant can leave: a torn `index.json` is set aside (`index.json.torn-<time>`) and
+    /// the station starts without feedback; entries whose folder is missing or unreadable are
+    /// dropped with a WARN; cameras over `max_patches` lose their oldest applied entries;
+    /// folders no entry names (a teach cut before its index write, an eviction or undo cut
+    /// before its delete) are removed. Entries made on another bundle are kept on disk but
+    /// not applied. The start never fails on the overlay's content, only on an unusable folder.
     pub fn open(state_dir: &Path, max_patches: usize, cams: &BTreeMap<String, CameraFeedback>) -> Result<Overlays> {
         let dir = state_dir.join("overlay");
         std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create the overlay folder", dir.display()))?;
         let path = dir.join("index.json");
-        let index: Index = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{}: not an overlay index", path.display()))?,
+        let mut changed = false;
+        let mut index: Index = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(i) => i,
+                Err(e) => {
+                    let aside = dir.join(format!("index.json.torn-{}", (now_ms() / 1e3) as u64));
+                    std::fs::rename(&path, &aside).with_context(|| format!("{}: cannot set the torn index aside", path.display()))?;
+                    tracing::warn!(index = %path.display(), set_aside = %aside.display(), error = %e, "feedback overlay index unreadable: set aside; the station starts without feedback overlays (teach again, or restore it by hand)");
+                    changed = true;
+                    Index::default()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
         };
         let mut tokens = BTreeMap::new();
-        for e in &index.entries {
-            let Some(base) = cams.get(&e.camera).and_then(|c| c.base.as_ref().filter(|_| c.bundle_hash == e.bundle_hash)) else {
-                tracing::warn!(version = e.version, camera = %e.camera, "feedback overlay entry not applied: the camera is gone, uses no bank or has another bundle");
+        let mut kept = Vec::new();
+        for e in std::mem::take(&mut index.entries) {
+            let folder = dir.join(e.version.to_string());
+            if !folder.is_dir() {
+                tracing::warn!(version = e.version, camera = %e.camera, folder = %folder.display(), "feedback overlay entry dropped: its folder is missing");
+                changed = true;
                 continue;
-            };
-            let channels: Vec<usize> = base.layers.iter().map(|l| l.data.ncols()).collect();
-            let bank = FeatureBank::load(&dir.join(e.version.to_string()), &channels)?;
-            tokens.insert(e.version, bank.layers.into_iter().map(|l| l.data).collect());
+            }
+            if let Some(base) = cams.get(&e.camera).and_then(|c| c.base.as_ref().filter(|_| c.bundle_hash == e.bundle_hash)) {
+                let channels: Vec<usize> = base.layers.iter().map(|l| l.data.ncols()).collect();
+                match FeatureBank::load(&folder, &channels) {
+                    Ok(bank) => {
+                        tokens.insert(e.version, bank.layers.into_iter().map(|l| l.data).collect());
+                    }
+                    Err(err) => {
+                        tracing::warn!(version = e.version, camera = %e.camera, error = %format!("{err:#}"), "feedback overlay entry dropped: its patches do not load");
+                        changed = true;
+                        continue;
+                    }
+                }
+            } else {
+                tracing::warn!(version = e.version, camera = %e.camera, "feedback overlay entry kept but not applied: the camera is gone, uses no bank or has another bundle");
+            }
+            kept.push(e);
         }
-        Ok(Overlays { dir, max_patches, index, tokens })
+        index.entries = kept;
+        let mut o = Overlays { dir, max_patches, index, tokens };
+        // A lower budget than the one the entries were made under: the oldest applied go.
+        let keys: Vec<String> = o.index.entries.iter().map(|e| e.camera.clone()).collect();
+        for key in keys {
+            while o.patches(&key) > o.max_patches {
+                let Some(oldest) = o.oldest_applied(&key) else { break };
+                tracing::warn!(camera = %key, version = oldest, max_patches = o.max_patches, "feedback overlay entry evicted at start: over `feedback.max_patches`");
+                o.index.entries.retain(|e| e.version != oldest);
+                o.tokens.remove(&oldest);
+                o.index.version += 1;
+                let v = o.index.version;
+                o.index.cameras.insert(key.clone(), v);
+                changed = true;
+            }
+        }
+        if changed {
+            o.persist(&o.index)?;
+        }
+        o.remove_orphans();
+        Ok(o)
     }
 
-    fn save_index(&self) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.index)?;
-        imaging::write_atomic(&self.dir.join("index.json"), &bytes)
+    /// Removes everything in the overlay folder that the index does not name (kept: the index
+    /// and torn indexes set aside for the operator).
+    fn remove_orphans(&self) {
+        let Ok(list) = std::fs::read_dir(&self.dir) else { return };
+        for e in list.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "index.json" || name.starts_with("index.json.torn-") {
+                continue;
+            }
+            let named = name.parse::<u64>().is_ok_and(|v| self.index.entries.iter().any(|e| e.version == v));
+            if named {
+                continue;
+            }
+            let p = e.path();
+            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            match r {
+                Ok(()) => tracing::info!(path = %p.display(), "feedback overlay: removed a leftover no entry names"),
+                Err(err) => tracing::warn!(path = %p.display(), error = %err, "feedback overlay: cannot remove a leftover"),
+            }
+        }
+        let _ = crate::files::sync_dir(&self.dir);
+    }
+
+    /// Writes `index` as the overlay's index (temporary file, fsync, rename, folder fsync).
+    fn persist(&self, index: &Index) -> Result<()> {
+        crate::files::crash_point("overlay-index-write");
+        let bytes = serde_json::to_vec_pretty(index)?;
+        crate::files::write_atomic(&self.dir.join("index.json"), &bytes)?;
+        crate::files::crash_point("overlay-index-written");
+        Ok(())
+    }
+
+    /// Deletes the folders of entries the index no longer names (after the index is on disk).
+    fn delete_folders(&self, versions: &[u64]) {
+        for v in versions {
+            crate::files::crash_point("overlay-delete");
+            let p = self.dir.join(v.to_string());
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "feedback overlay: cannot delete an old entry's folder (removed at the next start)");
+            }
+        }
+        let _ = crate::files::sync_dir(&self.dir);
     }
 
     /// The camera's overlay version (0: none yet).
@@ -152,8 +251,23 @@ impl Overlays {
         self.index.cameras.get(camera).copied().unwrap_or(0)
     }
 
-    fn patches(&self, camera: &str) -> usize {
+    /// The entries, oldest first.
+    pub fn entries(&self) -> &[Entry] {
+        &self.index.entries
+    }
+
+    /// Patches of the camera's applied entries (what counts against the budget).
+    pub fn patches(&self, camera: &str) -> usize {
         self.index.entries.iter().filter(|e| e.camera == camera && self.tokens.contains_key(&e.version)).map(|e| e.patches).sum()
+    }
+
+    fn oldest_applied(&self, camera: &str) -> Option<u64> {
+        self.index.entries.iter().find(|e| e.camera == camera && self.tokens.contains_key(&e.version)).map(|e| e.version)
+    }
+
+    /// The entry that holds frame `id` of camera key `key`, if it was taught.
+    pub fn taught(&self, key: &str, id: &FrameId) -> Option<u64> {
+        self.index.entries.iter().find(|e| e.camera == key && e.run_id == id.run_id && e.seq == id.seq).map(|e| e.version)
     }
 
     /// The bundle's bank with the camera's overlay (`None` when it has none).
@@ -178,15 +292,16 @@ impl Overlays {
         Some(Arc::new(FeatureBank { layers }))
     }
 
-    /// Adds a frame's patches; evicts the camera's oldest feedback beyond the budget.
-    /// Returns the new version and the evicted versions.
-    fn add(
-        &mut self,
-        key: &str,
-        id: &FrameId,
-        bundle_hash: &str,
-        layers: Vec<Array2<f32>>,
-    ) -> std::result::Result<(u64, Vec<u64>), Refusal> {
+    /// Adds a frame's patches (a frame taught before answers with its entry); evicts the
+    /// camera's oldest applied feedback beyond the budget. On disk, in an order consistent at
+    /// every instant: the new folder is written under a temporary name, synced and renamed; then
+    /// the index naming it (and no longer naming the evicted entries) replaces the old one; only
+    /// then are evicted folders deleted. Memory changes only once the index is on disk, so a
+    /// failed write leaves the overlay as it was.
+    pub fn add(&mut self, key: &str, id: &FrameId, bundle_hash: &str, layers: Vec<Array2<f32>>) -> std::result::Result<Added, Refusal> {
+        if let Some(version) = self.taught(key, id) {
+            return Ok(Added::Repeat { version });
+        }
         let patches = layers.iter().map(|l| l.nrows()).max().unwrap_or(0);
         if patches > self.max_patches {
             return Err(Refusal::new(
@@ -195,11 +310,27 @@ impl Overlays {
             ));
         }
         let version = self.index.version + 1;
-        let dir = self.dir.join(version.to_string());
-        let bank = FeatureBank { layers: layers.iter().map(|d| Tokens { data: d.clone(), grid: (1, d.nrows()) }).collect() };
-        bank.save(&dir, BankPrecision::F32).map_err(|e| Refusal::new(500, format!("{e:#}")))?;
-        self.tokens.insert(version, layers);
-        self.index.entries.push(Entry {
+        let folder = self.dir.join(version.to_string());
+        let staging = self.dir.join(format!(".new-{version}"));
+        let write = || -> Result<()> {
+            let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::remove_dir_all(&folder);
+            let bank = FeatureBank { layers: layers.iter().map(|d| Tokens { data: d.clone(), grid: (1, d.nrows()) }).collect() };
+            bank.save(&staging, BankPrecision::F32)?;
+            crate::files::sync_dir(&staging)?;
+            crate::files::crash_point("overlay-folder-written");
+            std::fs::rename(&staging, &folder).with_context(|| format!("cannot rename {} to {}", staging.display(), folder.display()))?;
+            crate::files::sync_dir(&self.dir)?;
+            crate::files::crash_point("overlay-folder-renamed");
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::remove_dir_all(&folder);
+            return Err(Refusal::new(500, format!("{e:#}")));
+        }
+        let mut next = self.index.clone();
+        next.entries.push(Entry {
             version,
             camera: key.to_string(),
             run_id: id.run_id.clone(),
@@ -208,33 +339,49 @@ impl Overlays {
             patches,
             t_ms: now_ms(),
         });
+        // The budget counts applied entries only (the new one included), oldest first out.
+        let applied = |e: &Entry| e.camera == key && (e.version == version || self.tokens.contains_key(&e.version));
         let mut evicted = Vec::new();
-        while self.patches(key) > self.max_patches {
-            let oldest = self.index.entries.iter().find(|e| e.camera == key).map(|e| e.version).expect("over budget: entries");
-            self.remove(oldest);
-            evicted.push(oldest);
+        let mut total: usize = next.entries.iter().filter(|e| applied(e)).map(|e| e.patches).sum();
+        while total > self.max_patches {
+            let Some(pos) = next.entries.iter().position(|e| applied(e) && e.version != version) else { break };
+            let e = next.entries.remove(pos);
+            total -= e.patches;
+            evicted.push(e.version);
         }
-        self.index.version = version;
-        self.index.cameras.insert(key.to_string(), version);
-        self.save_index().map_err(|e| Refusal::new(500, format!("{e:#}")))?;
-        Ok((version, evicted))
-    }
-
-    fn remove(&mut self, version: u64) -> Option<Entry> {
-        let pos = self.index.entries.iter().position(|e| e.version == version)?;
-        let e = self.index.entries.remove(pos);
-        self.tokens.remove(&version);
-        let _ = std::fs::remove_dir_all(self.dir.join(version.to_string()));
-        Some(e)
+        next.version = version;
+        next.cameras.insert(key.to_string(), version);
+        if let Err(e) = self.persist(&next) {
+            let _ = std::fs::remove_dir_all(&folder);
+            return Err(Refusal::new(500, format!("{e:#}")));
+        }
+        self.index = next;
+        self.tokens.insert(version, layers);
+        for v in &evicted {
+            self.tokens.remove(v);
+        }
+        self.delete_folders(&evicted);
+        Ok(Added::New { version, evicted })
     }
 
     /// Removes what version `version` added; returns the entry and the camera's new version.
-    fn undo(&mut self, version: u64) -> std::result::Result<(Entry, u64), Refusal> {
-        let e = self.remove(version).ok_or_else(|| Refusal::new(404, format!("no overlay version {version} in force")))?;
-        let v = self.index.version + 1;
-        self.index.version = v;
-        self.index.cameras.insert(e.camera.clone(), v);
-        self.save_index().map_err(|e| Refusal::new(500, format!("{e:#}")))?;
+    /// The index without it is written first, its folder deleted after.
+    pub fn undo(&mut self, version: u64) -> std::result::Result<(Entry, u64), Refusal> {
+        let pos = self
+            .index
+            .entries
+            .iter()
+            .position(|e| e.version == version)
+            .ok_or_else(|| Refusal::new(404, format!("no overlay version {version} in force")))?;
+        let mut next = self.index.clone();
+        let e = next.entries.remove(pos);
+        let v = next.version + 1;
+        next.version = v;
+        next.cameras.insert(e.camera.clone(), v);
+        self.persist(&next).map_err(|e| Refusal::new(500, format!("{e:#}")))?;
+        self.index = next;
+        self.tokens.remove(&version);
+        self.delete_folders(&[version]);
         Ok((e, v))
     }
 }
@@ -342,7 +489,7 @@ impl FeedbackLoop {
                     "overlay_version": c.base.as_ref().map(|_| self.overlays.version(n)),
                     "patches": self.overlays.patches(n),
                 }))).collect::<serde_json::Map<_, _>>(),
-                "entries": self.overlays.index.entries,
+                "entries": self.overlays.entries(),
             })),
         }
     }
@@ -352,11 +499,10 @@ impl FeedbackLoop {
         let (key, r) = self.frame(id)?;
         let input = r.input.clone().expect("checked");
         let path = self.dataset.join(&key).join("train").join("good").join(format!("{}.png", stem(&r)));
-        imaging::save_png(&input, &path).map_err(io_refusal)?;
-        let label = FeedbackLabel { camera: key.clone(), label: "good".into() };
-        self.state.metrics.feedback.get_or_create(&label).inc();
         let cam = &self.cams[&key];
         if cam.base.is_none() {
+            imaging::save_png(&input, &path).map_err(io_refusal)?;
+            self.count_good(&key);
             tracing::info!(camera = %key, seq = id.seq, "feedback good: kept the frame; the camera uses no bank");
             return Ok(json!({
                 "applies": false,
@@ -364,19 +510,36 @@ impl FeedbackLoop {
                 "filed": { "input": path },
             }));
         }
+        // A frame taught already (a double click) answers with its entry and changes nothing.
+        if let Some(version) = self.overlays.taught(&key, id) {
+            return Ok(self.repeat_answer(&key, version, &path));
+        }
         let (tx, rx) = bounded(1);
         cam.jobs
-            .try_send(TokenJob { engine: cam.engine.clone(), image: input, reply: tx })
+            .try_send(TokenJob { engine: cam.engine.clone(), image: input.clone(), reply: tx })
             .map_err(|_| Refusal::new(429, "the engine has feedback waiting"))?;
         let _ = cam.wake.try_send(());
         let layers = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => return Err(Refusal::new(500, format!("backbone patches: {e:#}"))),
-            Err(_) => return Err(Refusal::new(503, "the engine did not compute the frame's patches in time")),
+            Err(_) => return Err(Refusal::new(503, "the engine did not compute the frame's patches in time; nothing was changed")),
         };
         let bundle_hash = cam.bundle_hash.clone();
-        let (version, evicted) = self.overlays.add(&key, id, &bundle_hash, layers)?;
+        let (version, evicted) = match self.overlays.add(&key, id, &bundle_hash, layers)? {
+            Added::New { version, evicted } => (version, evicted),
+            Added::Repeat { version } => return Ok(self.repeat_answer(&key, version, &path)),
+        };
         self.publish(&key);
+        // Filed for training only once the overlay took the frame: a later `glad bank` must not
+        // learn what the station refused.
+        let filed = match imaging::save_png(&input, &path) {
+            Ok(()) => json!({ "input": path }),
+            Err(e) => {
+                tracing::warn!(camera = %key, seq = id.seq, error = %format!("{e:#}"), "feedback good: overlay updated, but the frame could not be filed for training");
+                json!({ "input": null, "error": format!("{e:#}") })
+            }
+        };
+        self.count_good(&key);
         let patches = self.overlays.patches(&key);
         tracing::info!(camera = %key, seq = id.seq, overlay_version = version, patches, ?evicted, ms = t0.elapsed().as_secs_f64() * 1e3, "feedback good: overlay updated");
         Ok(json!({
@@ -385,8 +548,26 @@ impl FeedbackLoop {
             "overlay_version": version,
             "patches": patches,
             "evicted": evicted,
-            "filed": { "input": path },
+            "filed": filed,
         }))
+    }
+
+    fn count_good(&self, key: &str) {
+        let label = FeedbackLabel { camera: key.to_string(), label: "good".into() };
+        self.state.metrics.feedback.get_or_create(&label).inc();
+    }
+
+    /// The answer to a frame taught before: its entry, nothing changed.
+    fn repeat_answer(&self, key: &str, version: u64, path: &Path) -> serde_json::Value {
+        json!({
+            "applies": true,
+            "repeat": true,
+            "version": version,
+            "overlay_version": self.overlays.version(key),
+            "patches": self.overlays.patches(key),
+            "evicted": [],
+            "filed": { "input": path },
+        })
     }
 
     fn defect(&mut self, id: &FrameId, label: &str) -> Answer {

@@ -200,7 +200,22 @@ pub struct Station {
     active_cameras: Arc<AtomicUsize>,
     engines: usize,
     pub captured: Arc<AtomicU64>,
+    /// Frames owed a record: admitted to an engine's queue or mailbox (and not replaced there by
+    /// a newer one), or failed at capture. At shutdown, owed minus recorded is what was lost.
+    pub owed: Arc<AtomicU64>,
     pub recorded: Arc<AtomicU64>,
+}
+
+/// Set when a shutdown left an engine inside an ONNX Runtime call: the process must then leave
+/// without running the library's static destructors under that call (`exit_now`).
+pub static ENGINE_ABANDONED: AtomicBool = AtomicBool::new(false);
+
+/// Ends the process at once with `code`, without exit handlers (see [`ENGINE_ABANDONED`]).
+///
+/// # Safety
+/// Nothing runs after it: buffered output must be flushed by the caller.
+pub unsafe fn exit_now(code: i32) -> ! {
+    libc::_exit(code)
 }
 
 /// Options of `Station::start` beyond the config.
@@ -297,6 +312,7 @@ fn camera_thread(
     stop: Arc<AtomicBool>,
     cfg: super::config::SchedulerConfig,
     captured: Arc<AtomicU64>,
+    owed: Arc<AtomicU64>,
 ) {
     let m: &Metrics = &state.metrics;
     let label = Metrics::camera(&cam.name);
@@ -324,15 +340,23 @@ fn camera_thread(
                     Policy::Live => {
                         let mut slot = cam.live.lock().expect("mailbox lock");
                         // The frame it replaces is dropped, and so are the ones dropped before it.
-                        let carried = slot.take().map_or(0, |(_, d)| d + 1);
+                        let replaced = slot.take();
+                        let carried = replaced.as_ref().map_or(0, |(_, d)| d + 1);
                         *slot = Some((f, before + carried));
                         drop(slot);
+                        // The new frame is owed a record; the one it replaced no longer is (a
+                        // counted drop of the live policy).
+                        if replaced.is_none() {
+                            owed.fetch_add(1, Ordering::AcqRel);
+                        }
                         if carried > 0 {
                             m.dropped.get_or_create(&label).inc();
                         }
                         group.wake();
                     }
                     Policy::Lossless => {
+                        // Owed from here: if shutdown closes the queue before it gets in, it is lost.
+                        owed.fetch_add(1, Ordering::AcqRel);
                         let mut f = (f, before);
                         // Back-pressure: wait for room; the worker drains until we are done.
                         loop {
@@ -353,6 +377,7 @@ fn camera_thread(
             }
             CaptureEvent::BadFrame { kind, seq, message } => {
                 captured.fetch_add(1, Ordering::Relaxed);
+                owed.fetch_add(1, Ordering::AcqRel);
                 m.errors.get_or_create(&ErrorLabel { camera: name.clone(), kind: kind.to_string() }).inc();
                 let _ = out.send(error_record(&cam, seq, SystemTime::now(), 0, kind, &message));
             }
@@ -566,14 +591,17 @@ fn times_per_image(t: &crate::engine::StageTimes, b: usize) -> ImageTimes {
     ImageTimes::from_batch(Duration::ZERO, t, b)
 }
 
-/// Feeds a camera's drift monitor with a result that is not NG; logs and counts changes.
+/// Feeds a camera's drift monitor with an inspected frame (NG frames count once the reference
+/// is learnt: `DriftMonitor::observe_ng`); logs and counts changes.
 /// Returns the camera's alarms in force.
 fn watch_drift(monitors: &mut BTreeMap<String, DriftMonitor>, state: &StationState, r: &FrameResult) -> Vec<String> {
     let rec = &r.record;
     let Some(mon) = monitors.get_mut(&feedback_key(&rec.camera, rec.recipe.as_deref())) else { return Vec::new() };
-    if let (true, false, Some(input)) = (rec.ok, rec.is_ng(), &r.input) {
+    if let (true, Some(input)) = (rec.ok, &r.input) {
         let was = mon.status().armed;
-        if let Some(alarms) = mon.observe(imaging::frame_stats(input), rec.score) {
+        let stats = imaging::frame_stats(input);
+        let changed = if rec.is_ng() { mon.observe_ng(stats) } else { mon.observe(stats, rec.score) };
+        if let Some(alarms) = changed {
             for alarm in ["brightness", "contrast", "sharpness", "score"] {
                 let on = alarms.iter().any(|a| a == alarm);
                 state.metrics.drift.get_or_create(&DriftLabel { camera: rec.camera.clone(), alarm: alarm.into() }).set(i64::from(on));
@@ -829,6 +857,7 @@ impl Station {
         let (out_tx, out_rx) = bounded::<FrameResult>(1024);
         let stop = Arc::new(AtomicBool::new(false));
         let captured = Arc::new(AtomicU64::new(0));
+        let owed = Arc::new(AtomicU64::new(0));
         let recorded = Arc::new(AtomicU64::new(0));
         let active = Arc::new(AtomicUsize::new(config.cameras.len()));
         let engines = groups.iter().map(|g| g.engines.len()).sum();
@@ -840,6 +869,7 @@ impl Station {
         let mut monitors = BTreeMap::new();
         state.set_frame_ring(config.feedback.frames);
         let (mut cameras, mut workers) = (Vec::new(), Vec::new());
+        let mut pending = Vec::new();
         for (gi, loaded) in groups.into_iter().enumerate() {
             let gcams = loaded
                 .cameras
@@ -876,10 +906,26 @@ impl Station {
                 }
             }
             let noise = crate::engine::noise_source(&config.noise)?;
+            let engines: BTreeMap<String, Engine> = loaded.engines.into_iter().map(|(k, e)| (k, e.engine)).collect();
+            pending.push((gi, engines, noise, group, loaded.cameras.clone()));
+        }
+        // The kept feedback overlays are published before any thread scores a frame, so a
+        // taught false alarm stays taught across a restart from its first frame on.
+        let feedback_loop = {
+            let overlays = Overlays::open(&config.state_dir(), config.feedback.max_patches, &feedback_cams)?;
+            let fl = FeedbackLoop {
+                state: state.clone(),
+                cams: feedback_cams,
+                overlays,
+                dataset: config.dataset_dir(),
+                frames: config.feedback.frames,
+            };
+            fl.publish_all();
+            fl
+        };
+        for (gi, engines, noise, group, cam_indexes) in pending {
             let component = format!("engine:{gi}");
             let (g, st, out, cfg) = (group.clone(), state.clone(), out_tx.clone(), config.scheduler.clone());
-            let cam_indexes = loaded.cameras.clone();
-            let engines: BTreeMap<String, Engine> = loaded.engines.into_iter().map(|(k, e)| (k, e.engine)).collect();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("engine-{gi}"))
@@ -887,6 +933,7 @@ impl Station {
             );
             for (k, &i) in cam_indexes.iter().enumerate() {
                 let src = sources[i].take().expect("one source per camera");
+                let owed = owed.clone();
                 let (cam, g, st, out, stop, cfg, cap, act) = (
                     group.cams[k].clone(),
                     group.clone(),
@@ -898,7 +945,7 @@ impl Station {
                     active.clone(),
                 );
                 cameras.push(std::thread::Builder::new().name(format!("cam-{}", config.cameras[i].name)).spawn(move || {
-                    camera_thread(src, cam, g, st, out, stop, cfg, cap);
+                    camera_thread(src, cam, g, st, out, stop, cfg, cap, owed);
                     act.fetch_sub(1, Ordering::AcqRel);
                 })?);
             }
@@ -912,15 +959,7 @@ impl Station {
                 .spawn(move || output_thread(out_rx, store, sinks, st, rec, ab, monitors))?
         };
         let feedback = {
-            let overlays = Overlays::open(&config.state_dir(), config.feedback.max_patches, &feedback_cams)?;
-            let fl = FeedbackLoop {
-                state: state.clone(),
-                cams: feedback_cams,
-                overlays,
-                dataset: config.dataset_dir(),
-                frames: config.feedback.frames,
-            };
-            fl.publish_all();
+            let fl = feedback_loop;
             let (rx, stop) = (state.feedback.open(), stop.clone());
             std::thread::Builder::new().name("station-feedback".into()).spawn(move || fl.run(rx, stop))?
         };
@@ -940,6 +979,7 @@ impl Station {
             active_cameras: active,
             engines,
             captured,
+            owed,
             recorded,
         })
     }
@@ -976,8 +1016,13 @@ impl Station {
         if names(&cur) != names(&new) {
             bail!("reload: the camera list changed ({:?} → {:?}); restart the station for that", names(&cur), names(&new));
         }
-        if cur.results != new.results || cur.runtime != new.runtime || cur.noise != new.noise || cur.scheduler != new.scheduler {
-            bail!("reload: `results`, `runtime`, `noise` and `scheduler` need a restart");
+        if cur.results != new.results
+            || cur.runtime != new.runtime
+            || cur.noise != new.noise
+            || cur.scheduler != new.scheduler
+            || cur.trusted_keys != new.trusted_keys
+        {
+            bail!("reload: `results`, `runtime`, `trusted_keys`, `noise` and `scheduler` need a restart");
         }
         if cur.feedback != new.feedback || cur.drift != new.drift {
             bail!("reload: `feedback` and `drift` need a restart");
@@ -1089,6 +1134,7 @@ impl Station {
                 "engine still inspecting a frame at the drain deadline: stopping without that frame's record"
             );
             self.abandon.store(true, Ordering::Release);
+            ENGINE_ABANDONED.store(true, Ordering::Release);
         }
         if let Some(h) = self.output.take() {
             let _ = h.join();
@@ -1106,14 +1152,28 @@ impl Station {
         self.state.ready.store(false, Ordering::Release);
         let lost: Vec<(String, u64)> = self.sinks.iter().map(|s| (s.name().to_string(), s.lost())).filter(|(_, n)| *n > 0).collect();
         let log_lost = lost.iter().find(|(n, _)| n == "jsonl").map_or(0, |l| l.1);
+        // Frames owed a record that never reached the output (still queued, or inside an
+        // engine, at the drain deadline): lost, and said so.
+        let not_inspected = self.owed.load(Ordering::Acquire).saturating_sub(self.recorded.load(Ordering::Acquire));
+        if not_inspected > 0 {
+            self.state.metrics.frames_lost.inc_by(not_inspected);
+        }
         tracing::info!(
             captured = self.captured.load(Ordering::Relaxed),
             recorded = self.recorded.load(Ordering::Relaxed).saturating_sub(log_lost),
-            lost = log_lost,
+            lost = log_lost + not_inspected,
+            not_inspected,
             in_flight_abandoned = busy,
             seconds = t0.elapsed().as_secs_f64(),
             "station stopped"
         );
+        if not_inspected > 0 {
+            failures.push(format!(
+                "{not_inspected} captured frame(s) were not inspected before the drain deadline ({:.1} s) and have no record; \
+                 raise service.drain_timeout_s (and TimeoutStopSec) or shorten the cameras' queues",
+                timeout.as_secs_f64()
+            ));
+        }
         if !lost.is_empty() {
             let what: Vec<String> = lost.iter().map(|(s, n)| format!("{s}: {n}")).collect();
             failures.push(format!("records were lost ({})", what.join(", ")));

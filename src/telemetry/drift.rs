@@ -126,28 +126,42 @@ impl DriftMonitor {
         &self.status
     }
 
+    /// Adds an NG frame. The reference is learnt from frames that were not NG only, but once
+    /// it is armed the image statistics of NG frames count too: a camera gone grossly wrong
+    /// (over-exposed, out of focus) makes every frame NG, and the alarm must say why. Their
+    /// scores stay out of the score statistic (a defect's score is not drift).
+    pub fn observe_ng(&mut self, stats: FrameStats) -> Option<Vec<String>> {
+        self.reference?;
+        self.observe_window(stats, None)
+    }
+
     /// Adds a frame that was not NG; returns the alarms when they changed.
     pub fn observe(&mut self, stats: FrameStats, score: Option<f32>) -> Option<Vec<String>> {
         let score = score.map(f64::from).filter(|s| s.is_finite());
-        let Some(r) = self.reference else {
-            self.first.push((stats, score));
-            if self.first.len() >= self.cfg.reference_frames.max(1) {
-                let f = &self.first;
-                let scores: Vec<f64> = f.iter().filter_map(|x| x.1).collect();
-                let learned = (!scores.is_empty()).then(|| Spread::of(scores.iter().copied()));
-                let r = Reference {
-                    brightness: Spread::of(f.iter().map(|x| x.0.brightness)),
-                    contrast: Spread::of(f.iter().map(|x| x.0.contrast)),
-                    sharpness: Spread::of(f.iter().map(|x| x.0.sharpness)),
-                    score: self.calibration.or(learned),
-                };
-                self.reference = Some(r);
-                self.first = Vec::new();
-                self.status.armed = true;
-                self.status.reference = Some(r);
-            }
-            return None;
-        };
+        if self.reference.is_some() {
+            return self.observe_window(stats, score);
+        }
+        self.first.push((stats, score));
+        if self.first.len() >= self.cfg.reference_frames.max(1) {
+            let f = &self.first;
+            let scores: Vec<f64> = f.iter().filter_map(|x| x.1).collect();
+            let learned = (!scores.is_empty()).then(|| Spread::of(scores.iter().copied()));
+            let r = Reference {
+                brightness: Spread::of(f.iter().map(|x| x.0.brightness)),
+                contrast: Spread::of(f.iter().map(|x| x.0.contrast)),
+                sharpness: Spread::of(f.iter().map(|x| x.0.sharpness)),
+                score: self.calibration.or(learned),
+            };
+            self.reference = Some(r);
+            self.first = Vec::new();
+            self.status.armed = true;
+            self.status.reference = Some(r);
+        }
+        None
+    }
+
+    fn observe_window(&mut self, stats: FrameStats, score: Option<f64>) -> Option<Vec<String>> {
+        let r = self.reference?;
         self.window.push_back((stats, score));
         while self.window.len() > self.cfg.window.max(1) {
             self.window.pop_front();
@@ -191,6 +205,22 @@ impl DriftMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A camera whose every frame turns NG (brightness x2) still raises the alarm that says why.
+    #[test]
+    fn ng_frames_feed_the_image_statistics_once_armed() {
+        let mut m = DriftMonitor::new(DriftConfig::default(), None);
+        // NG frames before the reference is learnt are not part of it.
+        assert!(m.observe_ng(st(250.0, 30.0, 400.0)).is_none());
+        assert!(!m.status().armed);
+        for i in 0..30 {
+            m.observe(st(100.0 + f64::from(i % 3), 30.0, 400.0), Some(0.5));
+        }
+        assert!(m.status().armed);
+        assert!((m.status().reference.unwrap().brightness.mean - 101.0).abs() < 1.0);
+        let fired = (0..10).find_map(|_| m.observe_ng(st(200.0, 30.0, 400.0)));
+        assert_eq!(fired, Some(vec!["brightness".to_string()]));
+    }
 
     fn st(b: f64, c: f64, s: f64) -> FrameStats {
         FrameStats { brightness: b, contrast: c, sharpness: s }

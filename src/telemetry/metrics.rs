@@ -96,6 +96,8 @@ pub struct Metrics {
     pub feedback: Family<FeedbackLabel, Counter>,
     /// Patches in a camera's feedback overlay.
     pub overlay_patches: Family<CameraLabel, Gauge>,
+    /// Captured frames that got no record (not inspected before the drain deadline).
+    pub frames_lost: Counter,
     registry: Registry,
 }
 
@@ -119,6 +121,7 @@ impl Metrics {
             drift: Family::default(),
             feedback: Family::default(),
             overlay_patches: Family::default(),
+            frames_lost: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("frames", "Frames inspected, by camera and verdict", m.frames.clone());
@@ -137,6 +140,11 @@ impl Metrics {
         registry.register("drift", "1 while a drift alarm fires (never changes a verdict)", m.drift.clone());
         registry.register("feedback", "Operator feedback taken, by camera and label", m.feedback.clone());
         registry.register("overlay_patches", "Patches in the camera's feedback overlay of its feature bank", m.overlay_patches.clone());
+        registry.register(
+            "frames_lost",
+            "Captured frames that got no record (not inspected before the drain deadline)",
+            m.frames_lost.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -1,7 +1,7 @@
 //! `train/train.yaml` (written by scripts/export_train_graph.py): the training graphs of a
 //! bundle's UNet, and the layout of the weights in `unet.weights.bin`.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -208,13 +208,4 @@ pub fn write_weights(src: &Path, dst: &Path, entries: &[TensorEntry], values: &[
     write_atomic(dst, &bytes)
 }
 
-/// Writes `bytes` to `path` through `path.tmp` + fsync + rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename to {}", tmp.display(), path.display()))
-}
+pub use crate::files::write_atomic;
