@@ -6,6 +6,7 @@
 # calibration. The test sets are used only by the last step (`eval`), which reports.
 #
 #   scripts/texture_bundles.sh pretrain    # torch (scripts/requirements-export.txt); resumable
+#   scripts/texture_bundles.sh pretrain-broad   # onnx/ldm64-base: BASE continued on a broad image set; resumable
 #   scripts/texture_bundles.sh class NAME  # train + bank + tune + calibrate one class
 #   scripts/texture_bundles.sh tune NAME   # bank + tune + calibrate an already trained class
 #   scripts/texture_bundles.sh eval NAME   # test-set table: tuned defaults, bank, reconstruction, union, baseline
@@ -20,6 +21,13 @@
 # UNET_MINUTES (pretrain's stage totals and limits). The committed bundles: LATENT_CHANNELS=8
 # AE_STEPS=6000 AE_LR=1e-3 UNET_MINUTES=56 for pretrain, STEPS=300 for brick and 1500 for grass
 # and gravel, HORIZON=300.
+# pretrain-broad: BROAD (the bundle it writes; default onnx/ldm64-base), BROAD_WORK (its
+# checkpoints; default .work/ldm64-base), PRETRAIN_SET (default .work/pretrain-set, made by
+# scripts/make_pretrain_set.py with PRETRAIN_SEED, default 1234, when missing); AE_STEPS,
+# UNET_STEPS (stage totals; the defaults are those of the committed onnx/ldm64-base), AE_MINUTES
+# and UNET_MINUTES (limits; none by default). It starts from BASE's weights (`recover`), reports
+# the fidelity of both on the validation normals of data/textures and data/unseen (whose three
+# classes the set holds out), exports BROAD and its training graphs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -71,6 +79,29 @@ case "${1:-}" in
     "$PY" scripts/train_ldm.py export --work "$WORK" "${LC[@]}" --out "$BASE"
     "$PY" scripts/export_train_graph.py --bundle "$BASE" --batch 8
     ;;
+  pretrain-broad)
+    broad=${BROAD:-onnx/ldm64-base}
+    bwork=${BROAD_WORK:-.work/ldm64-base}
+    pset=${PRETRAIN_SET:-.work/pretrain-set}
+    lc=(--latent-channels 8)
+    [ -f "$pset/manifest.json" ] || "$PY" scripts/make_pretrain_set.py --out "$pset" --seed "${PRETRAIN_SEED:-1234}"
+    if [ ! -f "$bwork/ae.pt" ]; then
+      "$PY" scripts/train_ldm.py recover --work "$bwork" "${lc[@]}" --out "$BASE"
+    fi
+    "$PY" scripts/train_ldm.py ae --work "$bwork" "${lc[@]}" --data-dir "$pset" --steps "${AE_STEPS:-9117}" \
+      --minutes "${AE_MINUTES:-1e9}" --batch 16 --lr 1e-3 --log-every 100 --save-every 250
+    # (the UNet stage encodes the set again when its cached latents belong to another autoencoder step)
+    "$PY" scripts/train_ldm.py unet --work "$bwork" "${lc[@]}" --data-dir "$pset" --steps "${UNET_STEPS:-23000}" \
+      --minutes "${UNET_MINUTES:-1e9}" --batch 16 --log-every 100 --save-every 500
+    "$PY" scripts/train_ldm.py sample --work "$bwork" "${lc[@]}" --every 4
+    # fidelity of the new base and of BASE on the same validation normals (held-out classes included)
+    [ -f "$bwork-origin/unet.pt" ] || "$PY" scripts/train_ldm.py recover --work "$bwork-origin" "${lc[@]}" --out "$BASE"
+    for w in "$bwork" "$bwork-origin"; do
+      "$PY" scripts/train_ldm.py fidelity --work "$w" "${lc[@]}" --eval data/unseen --json "$w/fidelity.json"
+    done
+    "$PY" scripts/train_ldm.py export --work "$bwork" "${lc[@]}" --data-dir "$pset" --out "$broad"
+    "$PY" scripts/export_train_graph.py --bundle "$broad" --batch 8
+    ;;
   class)
     c=${2:?class name}
     out=$BASE-$c
@@ -101,7 +132,7 @@ case "${1:-}" in
     "$GLAD" eval --dataset "$DATASET" --class "$c" --bundle "$BASE-$c" --baseline --threads "$THREADS" --out "$WORK/eval/$c/baseline"
     ;;
   *)
-    echo "usage: scripts/texture_bundles.sh pretrain | class NAME | tune NAME | eval NAME" >&2
+    echo "usage: scripts/texture_bundles.sh pretrain | pretrain-broad | class NAME | tune NAME | eval NAME" >&2
     exit 64
     ;;
 esac

@@ -123,7 +123,10 @@ def eval_sets(args):
 
 
 def record_run(work, entry):
-    """Appends one stage run (what, steps, time, speed) to WORK/runs.json (the export's provenance)."""
+    """Appends one stage run (what, steps, time, speed) to WORK/runs.json (the export's provenance);
+    a run that did no step (the stage was already at its total) is not recorded."""
+    if entry["to_step"] == entry["from_step"]:
+        return
     path = os.path.join(work, "runs.json")
     runs = json.load(open(path)) if os.path.exists(path) else []
     runs.append(entry)
@@ -355,10 +358,14 @@ def alphas_cumprod():
 def latents(args, ae):
     """(mean, std) latents of every train image, its flips and mildly rescaled crops; cached."""
     path = os.path.join(args.work, "latents.pt")
+    aestep = torch.load(os.path.join(args.work, "ae.pt"), weights_only=False)["step"]
     if os.path.exists(path):
-        return torch.load(path, weights_only=False)
+        lat = torch.load(path, weights_only=False)
+        if lat.get("ae_step", aestep) == aestep and lat.get("data_dir") == args.data_dir:
+            return lat
+        log(f"latents: {path} belongs to another autoencoder step or data; encoding again")
     if args.data_dir:
-        return latents_folder(args, ae, path)
+        return latents_folder(args, ae, path, aestep)
     x128 = load_split(args.data, "train")
     g = torch.Generator().manual_seed(args.seed + 7)
     views = [x128]
@@ -382,14 +389,14 @@ def latents(args, ae):
     mean, std = torch.cat(means), torch.cat(stds)
     z = mean + std * torch.randn(mean.shape, generator=g)
     scale = float(1.0 / z.std())
-    out = {"mean": mean, "std": std, "scale": scale}
+    out = {"mean": mean, "std": std, "scale": scale, "ae_step": aestep, "data_dir": None}
     save(path, out)
     log(f"latents: {mean.shape[0]} views, latent std {z.std():.4f} -> scaling_factor {scale:.5f}, "
         f"mean posterior std {std.mean():.4f}")
     return out
 
 
-def latents_folder(args, ae, path):
+def latents_folder(args, ae, path, aestep):
     """(mean, std) latents of every --data-dir image and its horizontal flip (the set already
     holds its own scales, rotations and flips); cached."""
     x = load_folder(args.data_dir)
@@ -404,7 +411,7 @@ def latents_folder(args, ae, path):
     mean, std = torch.cat(means), torch.cat(stds)
     z = mean + std * torch.randn(mean.shape, generator=g)
     scale = float(1.0 / z.std())
-    out = {"mean": mean, "std": std, "scale": scale}
+    out = {"mean": mean, "std": std, "scale": scale, "ae_step": aestep, "data_dir": args.data_dir}
     save(path, out)
     log(f"latents: {mean.shape[0]} views of {args.data_dir}, latent std {z.std():.4f} -> scaling_factor {scale:.5f}, "
         f"mean posterior std {std.mean():.4f}")
