@@ -157,11 +157,21 @@ fn split(images: &Path, work: &Work) -> Result<(usize, usize)> {
     Ok((t, v))
 }
 
-/// Stage 2: ATP fine-tuning, with the number of steps planned from a measured probe.
+/// Stage 2: ATP fine-tuning, with the number of steps planned from a measured probe and
+/// extended while the stage's budget lasts (the first steps run slower than the rest).
+///
+/// The base is first packed into the work folder (a closed copy: models it shares with
+/// sibling bundles come in under `shared/`), so the trained bundle, a copy of it, is whole
+/// wherever the work folder is.
 fn train(args: &TeachArgs, work: &mut Work, budget_s: f64) -> Result<()> {
+    let t_stage = Instant::now();
+    let base = work.dir.join("base");
+    if !base.is_dir() {
+        crate::bundle::pack::pack(&args.base, &base).with_context(|| format!("base bundle {}", args.base.display()))?;
+    }
     let rt = RuntimeConfig { threads: args.threads, ..RuntimeConfig::default() };
     let ckpt = work.dir.join("atp.ckpt");
-    let mut trainer = Trainer::load(&args.base, 8, &rt).with_context(|| format!("base bundle {}", args.base.display()))?;
+    let mut trainer = Trainer::load(&base, 8, &rt).with_context(|| format!("base bundle {}", args.base.display()))?;
     let (images, out) = (work.train_dir(), work.bundle());
     let opts = |steps: u64, resume: bool| TrainOptions {
         images: images.clone(),
@@ -180,21 +190,44 @@ fn train(args: &TeachArgs, work: &mut Work, budget_s: f64) -> Result<()> {
         force: true,
         horizon: Some(300),
     };
+    let max_steps = args.max_steps.max(PROBE_STEPS + 1);
     if work.state.train_steps == 0 {
-        let t0 = Instant::now();
         let probe = trainer.train(&opts(PROBE_STEPS, args.resume))?;
         let sps = probe.steps_per_second.max(1e-3);
-        let left = (budget_s - t0.elapsed().as_secs_f64()).max(0.0);
-        let steps = ((left * sps) as u64).clamp(PROBE_STEPS + 1, args.max_steps.max(PROBE_STEPS + 1));
-        work.state.train_steps = steps;
+        let left = (budget_s - t_stage.elapsed().as_secs_f64()).max(0.0);
+        work.state.train_steps = ((left * sps) as u64).clamp(PROBE_STEPS + 1, max_steps);
         work.state.steps_per_second = sps;
         files::write_atomic(&work.path(), serde_json::to_string_pretty(&work.state)?.as_bytes())?;
-        tracing::info!(steps_per_second = format!("{sps:.2}"), steps, budget_s = format!("{budget_s:.0}"), "teach: ATP steps planned");
+        tracing::info!(
+            steps_per_second = format!("{sps:.2}"),
+            steps = work.state.train_steps,
+            budget_s = format!("{budget_s:.0}"),
+            "teach: ATP steps planned"
+        );
     }
-    trainer.train(&opts(work.state.train_steps, true))?;
-    // The training graphs and the base's README stay with the base.
-    let _ = std::fs::remove_dir_all(work.bundle().join("train"));
-    let _ = std::fs::remove_file(work.bundle().join("README.md"));
+    for _ in 0..3 {
+        let rep = trainer.train(&opts(work.state.train_steps, true))?;
+        work.state.steps_per_second = rep.steps_per_second;
+        let left = budget_s - t_stage.elapsed().as_secs_f64();
+        let more = (left.max(0.0) * rep.steps_per_second) as u64;
+        if work.state.train_steps >= max_steps || more < 20 {
+            break;
+        }
+        work.state.train_steps = (work.state.train_steps + more).min(max_steps);
+        files::write_atomic(&work.path(), serde_json::to_string_pretty(&work.state)?.as_bytes())?;
+        tracing::info!(
+            steps_per_second = format!("{:.2}", rep.steps_per_second),
+            steps = work.state.train_steps,
+            "teach: ATP extended to fill the budget"
+        );
+    }
+    // The training graphs, the base's README and the base's hash list (its UNet has changed)
+    // stay behind; pack writes the bundle's own list.
+    let b = work.bundle();
+    let _ = std::fs::remove_dir_all(b.join("train"));
+    for f in ["README.md", crate::bundle::pack::HASH_FILE, crate::bundle::sign::SIG_FILE] {
+        let _ = std::fs::remove_file(b.join(f));
+    }
     Ok(())
 }
 
