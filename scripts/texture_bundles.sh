@@ -91,7 +91,7 @@ case "${1:-}" in
     "$PY" scripts/train_ldm.py ae --work "$bwork" "${lc[@]}" --data-dir "$pset" --steps "${AE_STEPS:-9117}" \
       --minutes "${AE_MINUTES:-1e9}" --batch 16 --lr 1e-3 --log-every 100 --save-every 250
     # (the UNet stage encodes the set again when its cached latents belong to another autoencoder step)
-    "$PY" scripts/train_ldm.py unet --work "$bwork" "${lc[@]}" --data-dir "$pset" --steps "${UNET_STEPS:-23000}" \
+    "$PY" scripts/train_ldm.py unet --work "$bwork" "${lc[@]}" --data-dir "$pset" --steps "${UNET_STEPS:-23893}" \
       --minutes "${UNET_MINUTES:-1e9}" --batch 16 --log-every 100 --save-every 500
     "$PY" scripts/train_ldm.py sample --work "$bwork" "${lc[@]}" --every 4
     # fidelity of the new base and of BASE on the same validation normals (held-out classes included)

@@ -734,7 +734,7 @@ def stage_export(args):
     manifest = None
     if args.data_dir:
         manifest = json.load(open(os.path.join(args.data_dir, "manifest.json")))
-        trained_on = (f"a broad set of {manifest['total']} images (scikit-image's CC0 and public-domain photographs and "
+        trained_on = (f"a broad set of {manifest['total']} images (scikit-image's openly licensed photographs and "
                       f"textures, procedural textures; {', '.join(manifest['held_out'])} held out)")
         data = f"{args.data_dir} (scripts/make_pretrain_set.py --seed {manifest['seed']})"
     prov = {
