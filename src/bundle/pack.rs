@@ -444,6 +444,24 @@ pub fn pack(src: &Path, dst: &Path) -> Result<PackReport> {
 mod tests {
     use super::*;
 
+    /// Two packs to one destination: the second rename finds the first's folder (even an empty
+    /// one) and fails saying why, instead of merging into it.
+    #[test]
+    fn the_losing_pack_says_another_pack_finished_first() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, dst) = (d.path().join("a"), d.path().join("b"), d.path().join("dst"));
+        for t in [&a, &b] {
+            std::fs::create_dir(t).unwrap();
+            std::fs::write(t.join("bundle.yaml"), "x").unwrap();
+        }
+        rename_noreplace(&a, &dst).unwrap();
+        let e = rename_noreplace(&b, &dst).unwrap_err().to_string();
+        assert!(e.contains("another `glad bundle pack` to the same destination finished first"), "{e}");
+        std::fs::remove_dir_all(&dst).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        assert!(rename_noreplace(&b, &dst).is_err(), "an empty folder is not replaced either");
+    }
+
     #[test]
     fn inside_and_outside_paths() {
         assert!(stays_inside(Path::new("unet.onnx")));

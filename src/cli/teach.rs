@@ -369,7 +369,10 @@ pub fn run(args: TeachArgs) -> Result<bool> {
             (budget - spent).max(0.0)
         );
         let t0 = Instant::now();
-        let bundle = s(&work.bundle());
+        // The flags every sub-command shares: the bundle being made, the threads, the images.
+        let on = |images: PathBuf| -> Vec<String> {
+            vec!["--bundle".into(), s(&work.bundle()), "--threads".into(), threads.clone(), "--images".into(), s(&images)]
+        };
         match *stage {
             "split" => {
                 let (t, v) = split(&args.images, &work)?;
@@ -378,19 +381,12 @@ pub fn run(args: TeachArgs) -> Result<bool> {
             // What is left of the training share (at least a tenth of the budget).
             "train" => train(&args, &mut work, (budget * TRAIN_SHARE - spent).max(budget * 0.1))?,
             "bank" => {
-                let a =
-                    sub_args(&["--bundle".into(), bundle, "--threads".into(), threads.clone(), "--images".into(), s(&work.train_dir())])?;
-                super::bank::run(a)?;
+                super::bank::run(sub_args(&on(work.train_dir()))?)?;
             }
             "tune" => {
                 let normals = files::images(&[work.val_dir()]).len();
-                let mut flags = vec![
-                    "--bundle".into(),
-                    bundle,
-                    "--threads".into(),
-                    threads.clone(),
-                    "--images".into(),
-                    s(&work.val_dir()),
+                let mut flags = on(work.val_dir());
+                flags.extend([
                     "--anomalies".into(),
                     (2 * normals).to_string(),
                     "--grid-denoise-step".into(),
@@ -402,24 +398,15 @@ pub fn run(args: TeachArgs) -> Result<bool> {
                     "--write-defaults".into(),
                     "--out".into(),
                     s(&work.dir.join("tune")),
-                ];
+                ]);
                 if let Some(t) = &args.textures {
                     flags.extend(["--textures".into(), s(t)]);
                 }
                 super::tune::run(sub_args(&flags)?)?;
             }
             "calibrate" => {
-                let mut flags = vec![
-                    "--bundle".into(),
-                    bundle,
-                    "--threads".into(),
-                    threads.clone(),
-                    "--images".into(),
-                    s(&work.val_dir()),
-                    "--write-bundle".into(),
-                    "--write".into(),
-                    s(&work.dir.join("station.yaml")),
-                ];
+                let mut flags = on(work.val_dir());
+                flags.extend(["--write-bundle".into(), "--write".into(), s(&work.dir.join("station.yaml"))]);
                 if let Some(r) = args.false_alarm_rate {
                     flags.extend(["--false-alarm-rate".into(), r.to_string()]);
                 }
